@@ -1,0 +1,48 @@
+"""perturbnn: perturbation layers from Perturbative Neural Networks (PNN, CVPR 2018).
+
+Layers (:class:`NoiseMask`, :class:`PerturbConv2d`, :class:`MixMaps`, :class:`PerturbLayer`), the
+five networks of the PNN reproduction (:func:`resnet18`, :func:`noiseresnet18`,
+:func:`perturb_resnet18`, :func:`cifarnet`, :func:`lenet`) and their registry.
+"""
+
+from perturbnn import functional
+from perturbnn._version import __version__
+from perturbnn.activations import ACTIVATIONS, make_activation
+from perturbnn.layers import NOISE_TYPES, MixMaps, NoiseMask, PerturbConv2d, PerturbLayer
+from perturbnn.models import (
+    POOL_TYPES,
+    ModelConfig,
+    build_model,
+    cifarnet,
+    lenet,
+    list_models,
+    noiseresnet18,
+    perturb_resnet18,
+    register_model,
+    resnet18,
+)
+from perturbnn.summary import count_mask_values, count_parameters
+
+__all__ = [
+    "ACTIVATIONS",
+    "NOISE_TYPES",
+    "POOL_TYPES",
+    "MixMaps",
+    "ModelConfig",
+    "NoiseMask",
+    "PerturbConv2d",
+    "PerturbLayer",
+    "__version__",
+    "build_model",
+    "cifarnet",
+    "count_mask_values",
+    "count_parameters",
+    "functional",
+    "lenet",
+    "list_models",
+    "make_activation",
+    "noiseresnet18",
+    "perturb_resnet18",
+    "register_model",
+    "resnet18",
+]

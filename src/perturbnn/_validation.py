@@ -1,0 +1,103 @@
+"""Argument checks shared by the layers and the model builders.
+
+Every check raises ``TypeError`` for a value of the wrong type and ``ValueError`` for a value out
+of range, with a message that names the argument, the value received and what is accepted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable
+from typing import Union
+
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_level",
+    "check_positive_int",
+    "check_size",
+]
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an ``int`` (not a ``bool``) greater than zero.
+
+    Raises:
+        TypeError: if ``value`` is not an integer.
+        ValueError: if ``value`` is not positive.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a ``bool``.
+
+    Raises:
+        TypeError: if ``value`` is not a ``bool``.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_level(name: str, value: object) -> float:
+    """Return ``value`` as a float if it is a finite, non-negative real number.
+
+    Raises:
+        TypeError: if ``value`` is not a real number.
+        ValueError: if ``value`` is negative, NaN or infinite.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{name} must be a non-negative finite float, got {type(value).__name__} {value!r}"
+        )
+    level = float(value)
+    if not math.isfinite(level) or level < 0:
+        raise ValueError(f"{name} must be a non-negative finite float, got {value}")
+    return level
+
+
+def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``.
+
+    Raises:
+        TypeError: if ``value`` is not a string.
+        ValueError: if ``value`` is not a valid name; the message lists the valid names, close
+            matches first.
+    """
+    valid = sorted(choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {valid}, got {type(value).__name__} {value!r}")
+    if value not in valid:
+        close = difflib.get_close_matches(value, valid, n=3)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise ValueError(f"{name} must be one of {valid}, got {value!r}{hint}")
+    return value
+
+
+SizeLike = Union[int, tuple[int, int]]
+
+
+def check_size(name: str, value: object) -> tuple[int, int]:
+    """Return ``value`` as ``(height, width)``; an ``int`` means a square map.
+
+    Raises:
+        TypeError: if ``value`` is neither an int nor a pair of ints.
+        ValueError: if a side is not positive.
+    """
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return (
+            check_positive_int(f"{name}[0]", value[0]),
+            check_positive_int(f"{name}[1]", value[1]),
+        )
+    if isinstance(value, int) and not isinstance(value, bool):
+        side = check_positive_int(name, value)
+        return (side, side)
+    raise TypeError(
+        f"{name} must be an int or a (height, width) pair of ints, got {type(value).__name__} {value!r}"
+    )

@@ -1,0 +1,453 @@
+"""PNN layers as ``torch.nn`` modules: thin wrappers over :mod:`perturbnn.functional`.
+
+Source: Juefei-Xu et al., "Perturbative Neural Networks", CVPR 2018, Sec. 3, and the options of
+the independent reproduction (seed notes: ``--nmasks``, ``--unique_masks``, ``--train_masks``,
+``--mix_maps``, ``--noise_type``, ``--level``, ``--filter_size``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from perturbnn import functional as PF
+from perturbnn._validation import (
+    SizeLike,
+    check_bool,
+    check_choice,
+    check_level,
+    check_positive_int,
+    check_size,
+)
+from perturbnn.activations import ACTIVATIONS, make_activation
+
+__all__ = ["NOISE_TYPES", "MixMaps", "NoiseMask", "PerturbConv2d", "PerturbLayer"]
+
+#: Valid ``noise_type`` names: ``uniform`` draws from U[-1, 1), ``normal`` from N(0, 1).
+NOISE_TYPES = ("uniform", "normal")
+
+DeviceLike = Union[torch.device, str, int, None]
+
+
+class NoiseMask(nn.Module):
+    """Fixed (or trainable) additive noise masks: the perturbation of a PNN layer.
+
+    Holds ``nmasks`` masks per input channel (``unique_masks=True``) or one set of ``nmasks``
+    masks shared by all channels (``unique_masks=False``). The masks are unit noise, drawn once
+    at construction (and by :meth:`reset_parameters`); ``forward`` adds ``level`` times them.
+    Fixed masks are a buffer: they follow ``.to()``, are saved in ``state_dict()`` and never change
+    during ``forward``, ``train()``/``eval()`` or an optimizer step. With ``train_masks=True`` they
+    are an ``nn.Parameter`` and are learned with the rest of the network.
+
+    Source: PNN, Sec. 3 (fixed noise masks); the seed's ``--nmasks``, ``--unique_masks``,
+    ``--train_masks``, ``--noise_type`` and ``--level`` options.
+
+    Args:
+        channels: number of input channels ``C``.
+        nmasks: masks per input channel (the paper's fanout).
+        input_size: spatial size of the maps to perturb, ``int`` or ``(height, width)``.
+        level: noise amplitude (same units as the input); ``0`` disables the noise.
+        noise_type: ``"uniform"`` (U[-1, 1)) or ``"normal"`` (N(0, 1)).
+        unique_masks: distinct masks for every channel if ``True``, shared otherwise.
+        train_masks: make the masks a trainable ``nn.Parameter``.
+        generator: CPU ``torch.Generator`` to draw the masks from (default: the global RNG).
+            The masks are drawn on the CPU in float32 and then copied, so a seed gives the same
+            masks on every device.
+        device, dtype: factory keyword arguments, as in ``torch.nn``.
+
+    Shape:
+        - Input: ``Tensor[batch_size, C, height, width]``.
+        - Output: ``Tensor[batch_size, C * nmasks, height, width]``; mask ``m`` of channel ``c`` at
+          channel ``c * nmasks + m``.
+        - ``masks``: ``Tensor[C if unique_masks else 1, nmasks, height, width]``.
+
+    Raises:
+        TypeError: on an argument of the wrong type.
+        ValueError: on a non-positive ``channels``/``nmasks``/``input_size``, a negative or
+            non-finite ``level``, or an unknown ``noise_type``.
+
+    Example::
+
+        >>> noise = NoiseMask(3, 4, 8, level=0.1)
+        >>> noise(torch.zeros(2, 3, 8, 8)).shape
+        torch.Size([2, 12, 8, 8])
+    """
+
+    masks: Tensor
+
+    def __init__(
+        self,
+        channels: int,
+        nmasks: int,
+        input_size: SizeLike,
+        *,
+        level: float,
+        noise_type: str = "uniform",
+        unique_masks: bool = True,
+        train_masks: bool = False,
+        generator: Optional[torch.Generator] = None,
+        device: DeviceLike = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        self.channels = check_positive_int("channels", channels)
+        self.nmasks = check_positive_int("nmasks", nmasks)
+        self.input_size = check_size("input_size", input_size)
+        self.level = check_level("level", level)
+        self.noise_type = check_choice("noise_type", noise_type, NOISE_TYPES)
+        self.unique_masks = check_bool("unique_masks", unique_masks)
+        self.train_masks = check_bool("train_masks", train_masks)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+            )
+        shape = (channels if unique_masks else 1, nmasks, *self.input_size)
+        masks = torch.empty(shape, device=device, dtype=dtype)
+        if train_masks:
+            self.masks = nn.Parameter(masks)
+        else:
+            self.register_buffer("masks", masks)
+        self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+        """Draw new unit-noise masks in place (uniform in [-1, 1) or standard normal).
+
+        Args:
+            generator: CPU ``torch.Generator`` (default: the global RNG).
+        """
+        cpu = torch.empty(self.masks.shape, dtype=torch.float32)
+        if self.noise_type == "uniform":
+            cpu.uniform_(-1.0, 1.0, generator=generator)
+        else:
+            cpu.normal_(generator=generator)
+        with torch.no_grad():
+            self.masks.copy_(cpu)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return ``x`` perturbed by every mask: see :func:`perturbnn.functional.perturb`."""
+        if x.dim() == 4 and x.shape[1] != self.channels:
+            raise ValueError(f"input must have {self.channels} channels, got {x.shape[1]}")
+        return PF.perturb(x, self.masks, self.level)
+
+    def extra_repr(self) -> str:
+        s = f"{self.channels}, nmasks={self.nmasks}, input_size={self.input_size}, level={self.level}"
+        if self.noise_type != "uniform":
+            s += f", noise_type={self.noise_type!r}"
+        if not self.unique_masks:
+            s += ", unique_masks=False"
+        if self.train_masks:
+            s += ", train_masks=True"
+        return s
+
+
+class PerturbConv2d(nn.Module):
+    """Drop-in replacement for a convolution: perturb with noise masks, activate, mix by 1x1 conv.
+
+    ``y = conv1x1(act(x + level * masks))``, where the perturbed tensor has ``in_channels *
+    nmasks`` maps. The 1x1 convolution is grouped by input channel (``groups = in_channels``) when
+    ``nmasks > 1``, so each output map combines the perturbed versions of one input channel, and
+    dense when ``nmasks == 1``. There is no BatchNorm inside (see :class:`PerturbLayer`). Spatial
+    size is preserved.
+
+    Source: PNN, Sec. 3, Eq. 2; the seed's ``PerturbLayer`` with ``filter_size=0``.
+
+    Args:
+        in_channels: input channels ``C``.
+        out_channels: output channels ``O``; a multiple of ``in_channels`` when ``nmasks > 1``.
+        nmasks: noise masks per input channel (fanout).
+        input_size: spatial size of the input, ``int`` or ``(height, width)`` (the masks' size).
+        level: noise amplitude.
+        noise_type, unique_masks, train_masks, generator: as in :class:`NoiseMask`.
+        use_act: apply ``act`` between the perturbation and the 1x1 convolution.
+        act: activation name (see :data:`perturbnn.activations.ACTIVATIONS`).
+        bias: learn a bias in the 1x1 convolution.
+        device, dtype: factory keyword arguments.
+
+    Shape:
+        - Input: ``Tensor[batch_size, in_channels, height, width]``.
+        - Output: ``Tensor[batch_size, out_channels, height, width]``.
+        - ``weight``: ``Tensor[out_channels, in_channels * nmasks / groups, 1, 1]``.
+
+    Raises:
+        TypeError: on an argument of the wrong type.
+        ValueError: on invalid sizes, level, names, or ``out_channels`` not a multiple of
+            ``in_channels`` under fanout.
+
+    Example::
+
+        >>> layer = PerturbConv2d(16, 32, nmasks=4, input_size=8, level=0.1, use_act=True)
+        >>> layer(torch.randn(2, 16, 8, 8)).shape
+        torch.Size([2, 32, 8, 8])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        nmasks: int = 1,
+        *,
+        input_size: SizeLike,
+        level: float = 0.1,
+        noise_type: str = "uniform",
+        unique_masks: bool = True,
+        train_masks: bool = False,
+        use_act: bool = False,
+        act: str = "relu",
+        bias: bool = True,
+        generator: Optional[torch.Generator] = None,
+        device: DeviceLike = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int("out_channels", out_channels)
+        self.nmasks = check_positive_int("nmasks", nmasks)
+        self.use_act = check_bool("use_act", use_act)
+        self.act = check_choice("act", act, ACTIVATIONS)
+        check_bool("bias", bias)
+        if nmasks > 1 and out_channels % in_channels != 0:
+            raise ValueError(
+                f"out_channels must be a multiple of in_channels when nmasks > 1 (the 1x1 "
+                f"convolution is grouped by input channel), got out_channels={out_channels}, "
+                f"in_channels={in_channels}, nmasks={nmasks}"
+            )
+        self.groups = in_channels if nmasks > 1 else 1
+        self.noise = NoiseMask(
+            in_channels,
+            nmasks,
+            input_size,
+            level=level,
+            noise_type=noise_type,
+            unique_masks=unique_masks,
+            train_masks=train_masks,
+            generator=generator,
+            **factory_kwargs,
+        )
+        self.activation: Optional[nn.Module] = make_activation(act) if use_act else None
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels * nmasks // self.groups, 1, 1, **factory_kwargs)
+        )
+        if bias:
+            self.bias: Optional[nn.Parameter] = nn.Parameter(
+                torch.empty(out_channels, **factory_kwargs)
+            )
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise the 1x1 weights and bias as ``nn.Conv2d`` does; the masks are kept."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1]
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def level(self) -> float:
+        """Noise amplitude of the masks."""
+        return self.noise.level
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the layer: see :func:`perturbnn.functional.perturb_conv2d`."""
+        if x.dim() == 4 and x.shape[1] != self.in_channels:
+            raise ValueError(f"input must have {self.in_channels} channels, got {x.shape[1]}")
+        return PF.perturb_conv2d(
+            x,
+            self.noise.masks,
+            self.weight,
+            self.bias,
+            level=self.noise.level,
+            activation=self.activation,
+        )
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}"
+        if self.nmasks != 1:
+            s += f", nmasks={self.nmasks}"
+        if self.use_act:
+            s += f", use_act=True, act={self.act!r}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class MixMaps(nn.Sequential):
+    """The seed's ``--mix_maps`` layer: 1x1 convolution + BatchNorm + activation.
+
+    After a grouped perturbation layer each output map sees only one input channel; this extra
+    dense 1x1 convolution lets the channels exchange information.
+
+    Source: the seed's ``--mix_maps`` option.
+
+    Args:
+        channels: input and output channels.
+        act: activation name.
+        bias: learn a bias in the 1x1 convolution (the seed does).
+        device, dtype: factory keyword arguments.
+
+    Shape:
+        ``Tensor[batch_size, channels, height, width]`` to the same shape.
+
+    Raises:
+        TypeError, ValueError: on a non-positive ``channels`` or an unknown ``act``.
+
+    Example::
+
+        >>> MixMaps(8)(torch.randn(2, 8, 4, 4)).shape
+        torch.Size([2, 8, 4, 4])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        act: str = "relu",
+        *,
+        bias: bool = True,
+        device: DeviceLike = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        check_positive_int("channels", channels)
+        activation = make_activation(act)
+        factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
+        super().__init__(
+            nn.Conv2d(
+                channels, channels, kernel_size=1, bias=check_bool("bias", bias), **factory_kwargs
+            ),
+            nn.BatchNorm2d(channels, **factory_kwargs),
+            activation,
+        )
+
+
+def conv_output_size(input_size: int, filter_size: int) -> int:
+    """Spatial output size of :class:`PerturbLayer` for a given ``filter_size``.
+
+    ``filter_size`` 7 has stride 2 (``ceil(input_size / 2)``); every other size keeps the size.
+    """
+    return (input_size + 1) // 2 if filter_size == 7 else input_size
+
+
+class PerturbLayer(nn.Sequential):
+    """Building block of the seed's networks: a perturbation layer or a regular convolution.
+
+    - ``filter_size == 0``: :class:`PerturbConv2d` + BatchNorm + activation, then :class:`MixMaps`
+      when ``mix_maps=True``.
+    - ``filter_size = n > 0`` (odd): ``n x n`` convolution + BatchNorm + activation, padding
+      ``n // 2``; ``n = 7`` has stride 2 (halving the map); the convolution has a bias only for
+      ``n = 1``. The noise options are then unused.
+
+    Source: the seed's ``PerturbLayer`` and its ``--filter_size``/``--first_filter_size``
+    options. Deviation: the seed padded ``n = 5`` by 1 (shrinking the map by 2 pixels); here every
+    odd ``n`` keeps the size.
+
+    Args:
+        in_channels, out_channels: channels in and out.
+        nmasks: masks per input channel (``filter_size == 0`` only).
+        filter_size: ``0`` for a perturbation layer, or an odd kernel size.
+        input_size: spatial size of the input; required when ``filter_size == 0``.
+        level, noise_type, unique_masks, train_masks, use_act, generator: as in
+            :class:`PerturbConv2d`.
+        act: activation name, used after the BatchNorm (and inside when ``use_act``).
+        mix_maps: add :class:`MixMaps` after a perturbation layer.
+        device, dtype: factory keyword arguments.
+
+    Shape:
+        - Input: ``Tensor[batch_size, in_channels, height, width]``.
+        - Output: ``Tensor[batch_size, out_channels, height', width']``, ``height' = height``
+          except ``ceil(height / 2)`` for ``filter_size == 7``.
+
+    Raises:
+        TypeError, ValueError: on invalid arguments, an even ``filter_size``, or a missing
+            ``input_size`` for a perturbation layer.
+
+    Example::
+
+        >>> PerturbLayer(3, 16, filter_size=0, input_size=8)(torch.randn(2, 3, 8, 8)).shape
+        torch.Size([2, 16, 8, 8])
+        >>> PerturbLayer(3, 16, filter_size=7)(torch.randn(2, 3, 8, 8)).shape
+        torch.Size([2, 16, 4, 4])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        nmasks: int = 1,
+        *,
+        filter_size: int = 0,
+        input_size: Optional[SizeLike] = None,
+        level: float = 0.5,
+        noise_type: str = "uniform",
+        unique_masks: bool = True,
+        train_masks: bool = False,
+        use_act: bool = False,
+        act: str = "relu",
+        mix_maps: bool = False,
+        generator: Optional[torch.Generator] = None,
+        device: DeviceLike = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("out_channels", out_channels)
+        if isinstance(filter_size, bool) or not isinstance(filter_size, int):
+            raise TypeError(
+                f"filter_size must be an int, got {type(filter_size).__name__} {filter_size!r}"
+            )
+        if filter_size < 0 or (filter_size > 0 and filter_size % 2 == 0):
+            raise ValueError(
+                f"filter_size must be 0 (perturbation layer) or an odd kernel size, got {filter_size}"
+            )
+        check_bool("mix_maps", mix_maps)
+        # Validate the noise options even when a regular convolution leaves them unused.
+        check_positive_int("nmasks", nmasks)
+        check_level("level", level)
+        check_choice("noise_type", noise_type, NOISE_TYPES)
+        check_choice("act", act, ACTIVATIONS)
+        modules: list[nn.Module]
+        if filter_size == 0:
+            if input_size is None:
+                raise ValueError(
+                    "input_size is required when filter_size == 0 (it sizes the masks)"
+                )
+            modules = [
+                PerturbConv2d(
+                    in_channels,
+                    out_channels,
+                    nmasks,
+                    input_size=input_size,
+                    level=level,
+                    noise_type=noise_type,
+                    unique_masks=unique_masks,
+                    train_masks=train_masks,
+                    use_act=use_act,
+                    act=act,
+                    bias=True,
+                    generator=generator,
+                    **factory_kwargs,
+                ),
+                nn.BatchNorm2d(out_channels, **factory_kwargs),
+                make_activation(act),
+            ]
+            if mix_maps:
+                modules.append(MixMaps(out_channels, act, **factory_kwargs))
+        else:
+            modules = [
+                nn.Conv2d(
+                    in_channels,
+                    out_channels,
+                    kernel_size=filter_size,
+                    stride=2 if filter_size == 7 else 1,
+                    padding=filter_size // 2,
+                    bias=filter_size == 1,
+                    **factory_kwargs,
+                ),
+                nn.BatchNorm2d(out_channels, **factory_kwargs),
+                make_activation(act),
+            ]
+        super().__init__(*modules)
+        self.filter_size = filter_size

@@ -1,0 +1,36 @@
+"""Model builders of the PNN reproduction and their registry.
+
+Source: the seed's ``--net-type`` choices.
+"""
+
+from perturbnn.models._config import POOL_TYPES, ModelConfig, ModelOptions
+from perturbnn.models._plain import PlainNet
+from perturbnn.models._registry import build_model, list_models, register_model
+from perturbnn.models.cifarnet import cifarnet
+from perturbnn.models.lenet import lenet
+from perturbnn.models.resnet import (
+    BasicBlock,
+    NoiseLayer,
+    ResNet,
+    noiseresnet18,
+    perturb_resnet18,
+    resnet18,
+)
+
+__all__ = [
+    "POOL_TYPES",
+    "BasicBlock",
+    "ModelConfig",
+    "ModelOptions",
+    "NoiseLayer",
+    "PlainNet",
+    "ResNet",
+    "build_model",
+    "cifarnet",
+    "lenet",
+    "list_models",
+    "noiseresnet18",
+    "perturb_resnet18",
+    "register_model",
+    "resnet18",
+]

@@ -1,0 +1,56 @@
+"""Pieces shared by the model families: pooling by name and the first (stem) layer."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from perturbnn.layers import PerturbLayer, conv_output_size
+from perturbnn.models._config import ModelConfig
+
+__all__ = ["make_pool", "stem_layer"]
+
+_POOLS: dict[str, type[nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
+def make_pool(pool_type: str, kernel_size: int, stride: int, padding: int = 0) -> nn.Module:
+    """Return a ``MaxPool2d`` or ``AvgPool2d`` for ``pool_type`` ``"max"`` or ``"avg"``.
+
+    Raises:
+        KeyError: never for a validated :class:`ModelConfig` (``pool_type`` checked there).
+    """
+    return _POOLS[pool_type](kernel_size, stride, padding)
+
+
+def stem_layer(config: ModelConfig) -> tuple[PerturbLayer, int]:
+    """The first layer of the seed's networks, and the spatial size it outputs.
+
+    A :class:`PerturbLayer` with ``first_filter_size``, noise ``level * scale_noise`` and the
+    activation inside only if ``use_act`` (seed: ``--use_act`` applies to the first layer).
+    """
+    if (
+        config.first_filter_size == 0
+        and config.nmasks > 1
+        and config.nfilters % config.in_channels != 0
+    ):
+        raise ValueError(
+            f"nfilters must be a multiple of in_channels={config.in_channels} when the first layer "
+            f"is a perturbation layer with nmasks > 1 (its 1x1 convolution is grouped by input "
+            f"channel), got nfilters={config.nfilters}, nmasks={config.nmasks}"
+        )
+    layer = PerturbLayer(
+        config.in_channels,
+        config.nfilters,
+        config.nmasks,
+        filter_size=config.first_filter_size,
+        input_size=config.input_size,
+        level=config.level * config.scale_noise,
+        noise_type=config.noise_type,
+        unique_masks=config.unique_masks,
+        train_masks=config.train_masks,
+        use_act=config.use_act,
+        act=config.act,
+        mix_maps=config.mix_maps,
+        generator=config.generator,
+        **config.factory_kwargs,
+    )
+    return layer, conv_output_size(config.input_size, config.first_filter_size)

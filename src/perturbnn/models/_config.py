@@ -1,0 +1,181 @@
+"""The options every model builder takes, with the seed's defaults, validated in one place.
+
+Source: the seed's command-line options and defaults (``--nfilters 64 --nmasks 1 --level 0.5
+--unique_masks --filter_size 0 --first_filter_size 0 --act relu --pool_type max --dropout 0.5
+--noise_type uniform``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, Optional, TypedDict, Union
+
+import torch
+
+from perturbnn._validation import check_bool, check_choice, check_level, check_positive_int
+from perturbnn.activations import ACTIVATIONS
+from perturbnn.layers import NOISE_TYPES
+
+__all__ = ["POOL_TYPES", "ModelConfig", "ModelOptions"]
+
+#: Valid ``pool_type`` names.
+POOL_TYPES = ("max", "avg")
+
+
+class ModelOptions(TypedDict, total=False):
+    """Keyword options of every builder (see :class:`ModelConfig` for their meaning)."""
+
+    nfilters: int
+    nclasses: int
+    nmasks: int
+    level: float
+    filter_size: int
+    first_filter_size: int
+    scale_noise: float
+    act: str
+    use_act: bool
+    pool_type: str
+    dropout: float
+    unique_masks: bool
+    train_masks: bool
+    noise_type: str
+    mix_maps: bool
+    input_size: int
+    in_channels: int
+    generator: Optional[torch.Generator]
+    device: Union[torch.device, str, int, None]
+    dtype: Optional[torch.dtype]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Validated options of a model builder.
+
+    Attributes:
+        nfilters: width of the first stage (channels); later stages double it.
+        nclasses: number of classes (logits).
+        nmasks: noise masks per input channel in perturbation layers (fanout).
+        level: noise amplitude of perturbation layers.
+        filter_size: ``0`` for perturbation layers after the first, else an odd kernel size.
+        first_filter_size: the same for the first layer.
+        scale_noise: factor on ``level`` in the first layer.
+        act: activation name.
+        use_act: apply the activation between noise and 1x1 convolution in the first layer
+            (inner perturbation layers always do, as in the seed).
+        pool_type: ``"max"`` or ``"avg"``.
+        dropout: dropout probability before the classifier (``lenet``, ``cifarnet``).
+        unique_masks, train_masks, noise_type, mix_maps: as in :class:`~perturbnn.PerturbLayer`.
+        input_size: side of the square input images, pixels.
+        in_channels: channels of the input images (3 for CIFAR-10, 1 for MNIST).
+        generator: CPU ``torch.Generator`` for the noise masks (default: global RNG).
+        device, dtype: factory keyword arguments.
+    """
+
+    nfilters: int = 64
+    nclasses: int = 10
+    nmasks: int = 1
+    level: float = 0.5
+    filter_size: int = 0
+    first_filter_size: int = 0
+    scale_noise: float = 1.0
+    act: str = "relu"
+    use_act: bool = False
+    pool_type: str = "max"
+    dropout: float = 0.5
+    unique_masks: bool = True
+    train_masks: bool = False
+    noise_type: str = "uniform"
+    mix_maps: bool = False
+    input_size: int = 32
+    in_channels: int = 3
+    generator: Optional[torch.Generator] = None
+    device: Union[torch.device, str, int, None] = None
+    dtype: Optional[torch.dtype] = None
+
+    def __post_init__(self) -> None:
+        for name in ("nfilters", "nclasses", "nmasks", "input_size", "in_channels"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("filter_size", "first_filter_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+            if value < 0 or (value > 0 and value % 2 == 0):
+                raise ValueError(
+                    f"{name} must be 0 (perturbation layer) or an odd kernel size, got {value}"
+                )
+        if self.filter_size == 7:
+            raise ValueError(
+                "filter_size must not be 7: a 7x7 layer has stride 2 and only the first layer may "
+                "downsample (use first_filter_size=7)"
+            )
+        check_level("level", self.level)
+        check_level("scale_noise", self.scale_noise)
+        check_choice("act", self.act, ACTIVATIONS)
+        check_choice("pool_type", self.pool_type, POOL_TYPES)
+        check_choice("noise_type", self.noise_type, NOISE_TYPES)
+        for name in ("use_act", "unique_masks", "train_masks", "mix_maps"):
+            check_bool(name, getattr(self, name))
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise TypeError(f"dropout must be a float in [0, 1), got {self.dropout!r}")
+        if not (math.isfinite(self.dropout) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout}")
+        if self.generator is not None and not isinstance(self.generator, torch.Generator):
+            raise TypeError(
+                f"generator must be a torch.Generator or None, got {type(self.generator).__name__}"
+            )
+
+    @classmethod
+    def from_options(
+        cls,
+        model: str,
+        options: Mapping[str, Any],
+        *,
+        used: frozenset[str],
+        defaults: Optional[Mapping[str, Any]] = None,
+    ) -> ModelConfig:
+        """Validate the keyword options of builder ``model``.
+
+        Args:
+            model: the builder's name, for messages.
+            options: the keyword arguments the builder received.
+            used: the options that the network uses; any other option must keep its default.
+            defaults: builder-specific defaults that replace the class defaults.
+
+        Raises:
+            TypeError: on an unknown option name or a value of the wrong type.
+            ValueError: on an invalid value, or an option that ``model`` does not use set to a
+                value other than its default.
+        """
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise TypeError(
+                f"{model}() got unknown option(s) {unknown}; valid options: {sorted(fields)}"
+            )
+        merged = {**fields, **(defaults or {}), **options}
+        config = cls(**merged)
+        always = {
+            "generator",
+            "device",
+            "dtype",
+            "nclasses",
+            "input_size",
+            "in_channels",
+            "nfilters",
+        }
+        for name, value in options.items():
+            if name in used or name in always:
+                continue
+            default = (defaults or {}).get(name, fields[name])
+            if value != default:
+                raise ValueError(
+                    f"{model} does not use option {name!r}; it must keep its default {default!r}, got {value!r}"
+                )
+        return config
+
+    @property
+    def factory_kwargs(self) -> dict[str, Any]:
+        """``{"device": ..., "dtype": ...}`` for module constructors."""
+        return {"device": self.device, "dtype": self.dtype}

@@ -1,0 +1,45 @@
+"""LeNet-style PNN: three layers, each followed by pooling, then one linear classifier.
+
+Source: the seed reproduction's ``lenet`` (3 convolution or perturbation layers followed by a
+fully connected layer).
+"""
+
+from __future__ import annotations
+
+from typing_extensions import Unpack
+
+from perturbnn.models._config import ModelConfig, ModelOptions
+from perturbnn.models._plain import PlainNet, build_plain_net
+from perturbnn.models._registry import register_model
+
+__all__ = ["lenet"]
+
+
+@register_model
+def lenet(**options: Unpack[ModelOptions]) -> PlainNet:
+    """Three layers of ``nfilters`` channels, each followed by 3x3 stride-2 pooling.
+
+    Layers are :class:`~perturbnn.PerturbLayer` s (``first_filter_size`` for the first,
+    ``filter_size`` for the others), then flatten, dropout and a linear layer. Works on 32x32 RGB
+    (CIFAR-10) and 28x28 grayscale (MNIST, ``in_channels=1, input_size=28``).
+
+    Source: the seed's ``lenet``.
+
+    Args:
+        **options: every option of :class:`~perturbnn.models.ModelConfig`.
+
+    Returns:
+        A :class:`~perturbnn.models.PlainNet` mapping ``Tensor[B, in_channels, input_size,
+        input_size]`` to ``Tensor[B, nclasses]``.
+
+    Raises:
+        TypeError, ValueError: on an invalid option or an input smaller than 8 pixels.
+
+    Example::
+
+        >>> lenet(nfilters=8, in_channels=1, input_size=28)(torch.randn(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    used = frozenset(ModelConfig.__dataclass_fields__)
+    config = ModelConfig.from_options("lenet", options, used=used)
+    return build_plain_net("lenet", config, [[1], [1], [1]])
