@@ -1,0 +1,180 @@
+"""Model builders: the seed's parameter table, shapes on CIFAR and MNIST sizes, registry, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import perturbnn
+from perturbnn import build_model, count_mask_values, count_parameters, list_models
+
+# Seed experiments (noise level 0.5, 10 classes, 32x32 input, unique masks unless stated):
+# (builder, options, trainable parameters excluding masks, noise-mask values).
+PARAMETER_TABLE = [
+    ("resnet18", {"nfilters": 44}, 5_284_982, 0),
+    ("noiseresnet18", {"nfilters": 128, "first_filter_size": 7}, 5_640_074, 68_608),
+    ("noiseresnet18", {"nfilters": 128, "first_filter_size": 3}, 5_624_714, 1_097_728),
+    ("perturb_resnet18", {"nfilters": 128, "first_filter_size": 3, "filter_size": 1}, 5_611_146, 0),
+    (
+        "perturb_resnet18",
+        {"nfilters": 128, "first_filter_size": 0, "filter_size": 0, "nmasks": 1},
+        5_608_202,
+        1_100_800,
+    ),
+    (
+        "perturb_resnet18",
+        {"nfilters": 128, "first_filter_size": 3, "filter_size": 0, "nmasks": 64, "mix_maps": True},
+        6_813_834,
+        70_254_592,
+    ),
+    (
+        "perturb_resnet18",
+        {
+            "nfilters": 128,
+            "first_filter_size": 3,
+            "filter_size": 0,
+            "nmasks": 64,
+            "unique_masks": False,
+        },
+        1_220_234,
+        412_672,
+    ),
+    (
+        "perturb_resnet18",
+        {
+            "nfilters": 128,
+            "first_filter_size": 3,
+            "filter_size": 0,
+            "nmasks": 64,
+            "unique_masks": False,
+            "train_masks": True,
+        },
+        1_220_234,
+        412_672,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "parameters", "mask_values"), PARAMETER_TABLE)
+def test_seed_parameter_table(name, options, parameters, mask_values):
+    model = build_model(name, level=0.5, nclasses=10, input_size=32, device="meta", **options)
+    assert count_parameters(model) == parameters
+    assert count_mask_values(model) == mask_values
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    expected_trainable = parameters + (mask_values if options.get("train_masks") else 0)
+    assert trainable == expected_trainable
+
+
+def test_list_models():
+    assert list_models() == ["cifarnet", "lenet", "noiseresnet18", "perturb_resnet18", "resnet18"]
+    for name in list_models():
+        assert getattr(perturbnn, name) is not None
+
+
+CIFAR_SHAPE_CASES = [
+    ("resnet18", {}),
+    ("noiseresnet18", {"first_filter_size": 3}),
+    ("noiseresnet18", {}),
+] + [
+    (name, {"first_filter_size": k})
+    for name in ("perturb_resnet18", "cifarnet", "lenet")
+    for k in (0, 3, 7)
+]
+
+
+@pytest.mark.parametrize(("name", "options"), CIFAR_SHAPE_CASES)
+def test_shapes_cifar(name, options):
+    model = build_model(name, nfilters=6, nclasses=7, **options)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_noiseresnet18_needs_a_regular_first_layer():
+    with pytest.raises(ValueError, match="first_filter_size must be 3 or 7"):
+        build_model("noiseresnet18", first_filter_size=0)
+
+
+@pytest.mark.parametrize("name", ["cifarnet", "lenet"])
+@pytest.mark.parametrize("nmasks", [1, 3])
+def test_shapes_mnist(name, nmasks):
+    model = build_model(name, nfilters=4, nmasks=nmasks, in_channels=1, input_size=28)
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("name", ["noiseresnet18", "perturb_resnet18"])
+def test_unservable_input_size_is_a_construction_error(name):
+    with pytest.raises(ValueError, match="multiple of 8"):
+        build_model(name, nfilters=4, in_channels=1, input_size=28)
+
+
+@pytest.mark.parametrize("name", ["cifarnet", "lenet"])
+def test_too_small_input_is_a_construction_error(name):
+    with pytest.raises(ValueError, match="at least 8 pixels"):
+        build_model(name, nfilters=4, input_size=6)
+
+
+def test_fanout_mix_maps_and_first_layer_noise_scaling():
+    model = build_model(
+        "perturb_resnet18", nfilters=6, nmasks=4, level=0.2, scale_noise=3.0, mix_maps=True
+    )
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    masks = [m for m in model.modules() if isinstance(m, perturbnn.NoiseMask)]
+    assert masks[0].level == pytest.approx(0.6)
+    assert all(m.level == pytest.approx(0.2) for m in masks[1:])
+    assert all(m.nmasks == 4 for m in masks)
+
+
+def test_first_layer_fanout_needs_nfilters_multiple_of_channels():
+    with pytest.raises(ValueError, match="nfilters must be a multiple of in_channels=3"):
+        build_model("perturb_resnet18", nfilters=128, nmasks=64, first_filter_size=0)
+
+
+def test_use_act_only_in_first_layer_option():
+    model = build_model("lenet", nfilters=4, use_act=False)
+    convs = [m for m in model.modules() if isinstance(m, perturbnn.PerturbConv2d)]
+    assert [c.use_act for c in convs] == [False, True, True]
+    model = build_model("lenet", nfilters=4, use_act=True)
+    assert all(c.use_act for c in model.modules() if isinstance(c, perturbnn.PerturbConv2d))
+
+
+def test_same_generator_seed_same_model_masks():
+    def masks(seed):
+        model = build_model("lenet", nfilters=4, generator=torch.Generator().manual_seed(seed))
+        return [b for n, b in model.named_buffers() if n.endswith("masks")]
+
+    first, again, other = masks(1), masks(1), masks(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "exception", "match"),
+    [
+        ("resnet19", {}, ValueError, "did you mean 'resnet18'"),
+        ("lenet", {"nfilter": 4}, TypeError, "unknown option"),
+        ("lenet", {"pool_type": "min"}, ValueError, "pool_type"),
+        ("lenet", {"act": "swish"}, ValueError, "act"),
+        ("lenet", {"noise_type": "poisson"}, ValueError, "noise_type"),
+        ("lenet", {"level": -1.0}, ValueError, "level"),
+        ("lenet", {"dropout": 1.0}, ValueError, "dropout"),
+        ("lenet", {"filter_size": 7}, ValueError, "filter_size"),
+        ("lenet", {"nfilters": 0}, ValueError, "nfilters"),
+        ("resnet18", {"nmasks": 4}, ValueError, "does not use option 'nmasks'"),
+        (
+            "perturb_resnet18",
+            {"nfilters": 4, "nmasks": 2, "filter_size": 0, "first_filter_size": 3, "dropout": 0.1},
+            ValueError,
+            "dropout",
+        ),
+    ],
+)
+def test_builder_errors(name, options, exception, match):
+    with pytest.raises(exception, match=match):
+        build_model(name, **options)
+
+
+def test_builder_dtype_and_device_factory_kwargs():
+    model = build_model("lenet", nfilters=4, dtype=torch.float64)
+    assert all(
+        t.dtype == torch.float64 for t in model.state_dict().values() if t.is_floating_point()
+    )
+    assert model(torch.randn(1, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64

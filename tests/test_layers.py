@@ -1,0 +1,256 @@
+"""NoiseMask, PerturbConv2d, MixMaps and PerturbLayer: noise applied, masks fixed, options."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from perturbnn import ACTIVATIONS, MixMaps, NoiseMask, PerturbConv2d, PerturbLayer
+
+
+def layer_config():
+    return st.fixed_dictionaries(
+        {
+            "in_channels": st.integers(1, 4),
+            "out_multiple": st.integers(1, 3),
+            "nmasks": st.integers(1, 5),
+            "size": st.integers(1, 6),
+            "level": st.floats(0.01, 3.0),
+            "unique_masks": st.booleans(),
+            "noise_type": st.sampled_from(["uniform", "normal"]),
+            "seed": st.integers(0, 2**16),
+        }
+    )
+
+
+def make_layer(cfg, **overrides):
+    kwargs = {
+        "input_size": cfg["size"],
+        "level": cfg["level"],
+        "unique_masks": cfg["unique_masks"],
+        "noise_type": cfg["noise_type"],
+        "generator": torch.Generator().manual_seed(cfg["seed"]),
+        "dtype": torch.float64,
+        **overrides,
+    }
+    return PerturbConv2d(
+        cfg["in_channels"], cfg["in_channels"] * cfg["out_multiple"], cfg["nmasks"], **kwargs
+    )
+
+
+@given(cfg=layer_config(), batch=st.integers(1, 3))
+def test_noise_is_applied_exactly(cfg, batch):
+    """layer(x) - layer_with_zero_masks(x) == 1x1 convolution of level * masks (no activation)."""
+    layer = make_layer(cfg)
+    silent = copy.deepcopy(layer)
+    silent.noise.masks.zero_()
+    x = torch.randn(batch, cfg["in_channels"], cfg["size"], cfg["size"], dtype=torch.float64)
+    difference = layer(x) - silent(x)
+
+    masks = layer.noise.masks.expand(cfg["in_channels"], -1, -1, -1)
+    noise_maps = (cfg["level"] * masks).reshape(
+        1, -1, cfg["size"], cfg["size"]
+    )  # (1, C*nmasks, H, W)
+    expected = F.conv2d(noise_maps, layer.weight, groups=layer.groups).expand_as(difference)
+    torch.testing.assert_close(difference, expected)
+    if cfg["level"] > 0.1:
+        assert difference.abs().max() > 0  # the noise really changes the output
+
+
+@given(cfg=layer_config())
+def test_masks_unique_or_shared(cfg):
+    noise = NoiseMask(
+        cfg["in_channels"],
+        cfg["nmasks"],
+        cfg["size"],
+        level=cfg["level"],
+        unique_masks=cfg["unique_masks"],
+        noise_type=cfg["noise_type"],
+        generator=torch.Generator().manual_seed(cfg["seed"]),
+    )
+    expected_shape = (
+        cfg["in_channels"] if cfg["unique_masks"] else 1,
+        cfg["nmasks"],
+        cfg["size"],
+        cfg["size"],
+    )
+    assert noise.masks.shape == expected_shape
+    out = noise(torch.zeros(1, cfg["in_channels"], cfg["size"], cfg["size"]))
+    per_channel = out.reshape(cfg["in_channels"], cfg["nmasks"], cfg["size"], cfg["size"])
+    for c in range(1, cfg["in_channels"]):
+        same = torch.equal(per_channel[c], per_channel[0])
+        assert same is (not cfg["unique_masks"])
+    if cfg["nmasks"] > 1:
+        assert not torch.equal(noise.masks[:, 0], noise.masks[:, 1])
+
+
+@pytest.mark.parametrize("noise_type", ["uniform", "normal"])
+def test_mask_distribution(noise_type):
+    masks = NoiseMask(64, 8, 16, level=1.0, noise_type=noise_type).masks
+    assert abs(masks.mean().item()) < 0.02
+    if noise_type == "uniform":
+        assert masks.min() >= -1 and masks.max() < 1
+        assert abs(masks.var().item() - 1 / 3) < 0.02
+    else:
+        assert abs(masks.std().item() - 1) < 0.02
+        assert masks.abs().max() > 1
+
+
+def test_same_seed_same_masks_and_state_dict_round_trip():
+    a = PerturbConv2d(3, 6, 2, input_size=4, generator=torch.Generator().manual_seed(7))
+    b = PerturbConv2d(3, 6, 2, input_size=4, generator=torch.Generator().manual_seed(7))
+    c = PerturbConv2d(3, 6, 2, input_size=4, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a.noise.masks, b.noise.masks)
+    assert not torch.equal(a.noise.masks, c.noise.masks)
+    assert "noise.masks" in a.state_dict()
+    buffer = io.BytesIO()
+    torch.save(a.state_dict(), buffer)
+    buffer.seek(0)
+    c.load_state_dict(torch.load(buffer, weights_only=True))
+    assert torch.equal(c.noise.masks, a.noise.masks)
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(c(x), a(x))
+
+
+def test_masks_follow_to_and_dtype():
+    layer = PerturbConv2d(2, 4, 3, input_size=3)
+    masks = layer.noise.masks.clone()
+    layer.double()
+    assert layer.noise.masks.dtype == torch.float64
+    torch.testing.assert_close(layer.noise.masks, masks.double())
+    layer.to("meta")
+    assert layer.noise.masks.device.type == "meta"
+
+
+def test_fixed_masks_never_change_and_get_no_gradient():
+    torch.manual_seed(0)
+    layer = PerturbLayer(3, 6, 2, input_size=5, level=0.5)
+    noise = layer[0].noise
+    before = noise.masks.clone()
+    assert not noise.masks.requires_grad
+    assert all(p is not noise.masks for p in layer.parameters())
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    for mode in (layer.train, layer.eval, layer.train):
+        mode()
+        out = layer(torch.randn(4, 3, 5, 5))
+        out.square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert noise.masks.grad is None
+    assert torch.equal(noise.masks, before)
+    assert not torch.equal(layer[0].weight, PerturbLayer(3, 6, 2, input_size=5)[0].weight)
+
+
+def test_trainable_masks_get_gradient_and_change():
+    torch.manual_seed(0)
+    layer = PerturbConv2d(3, 6, 2, input_size=5, level=0.5, train_masks=True, use_act=True)
+    assert isinstance(layer.noise.masks, nn.Parameter)
+    assert any(p is layer.noise.masks for p in layer.parameters())
+    before = layer.noise.masks.detach().clone()
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(torch.randn(4, 3, 5, 5)).square().mean().backward()
+    assert layer.noise.masks.grad is not None and layer.noise.masks.grad.abs().sum() > 0
+    optimizer.step()
+    assert not torch.equal(layer.noise.masks.detach(), before)
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_activation_is_applied_between_noise_and_conv(act):
+    torch.manual_seed(0)
+    layer = PerturbConv2d(2, 4, 3, input_size=4, level=0.5, use_act=True, act=act).eval()
+    x = torch.randn(2, 2, 4, 4)
+    perturbed = layer.noise(x)
+    expected = F.conv2d(layer.activation(perturbed), layer.weight, layer.bias, groups=layer.groups)
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_grouped_fanout_structure():
+    layer = PerturbConv2d(4, 8, 3, input_size=2)
+    assert layer.groups == 4
+    assert layer.weight.shape == (8, 3, 1, 1)
+    dense = PerturbConv2d(4, 6, 1, input_size=2)
+    assert dense.groups == 1 and dense.weight.shape == (6, 4, 1, 1)
+    assert PerturbConv2d(4, 6, 1, input_size=2, bias=False).bias is None
+
+
+def test_out_channels_must_be_multiple_under_fanout():
+    with pytest.raises(ValueError, match="out_channels must be a multiple of in_channels"):
+        PerturbConv2d(3, 8, 2, input_size=4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exception", "name"),
+    [
+        ({"in_channels": 0}, ValueError, "in_channels"),
+        ({"out_channels": -2}, ValueError, "out_channels"),
+        ({"nmasks": 0}, ValueError, "nmasks"),
+        ({"nmasks": 1.5}, TypeError, "nmasks"),
+        ({"input_size": 0}, ValueError, "input_size"),
+        ({"level": -0.1}, ValueError, "level"),
+        ({"level": float("nan")}, ValueError, "level"),
+        ({"noise_type": "gaussian"}, ValueError, "noise_type"),
+        ({"act": "gelu", "use_act": True}, ValueError, "act"),
+        ({"unique_masks": 1}, TypeError, "unique_masks"),
+    ],
+)
+def test_constructor_errors_name_the_argument(kwargs, exception, name):
+    args = {"in_channels": 2, "out_channels": 4, "nmasks": 2, "input_size": 4, **kwargs}
+    with pytest.raises(exception, match=name):
+        PerturbConv2d(args.pop("in_channels"), args.pop("out_channels"), args.pop("nmasks"), **args)
+
+
+def test_unknown_names_list_valid_ones():
+    with pytest.raises(ValueError, match=r"\['normal', 'uniform'\]"):
+        NoiseMask(2, 1, 4, level=0.1, noise_type="unifrom")
+    with pytest.raises(ValueError, match="did you mean 'relu'"):
+        MixMaps(4, act="reul")
+
+
+def test_forward_rejects_wrong_channels_and_size():
+    layer = PerturbConv2d(3, 6, 2, input_size=4)
+    with pytest.raises(ValueError, match="3 channels"):
+        layer(torch.zeros(1, 4, 4, 4))
+    with pytest.raises(ValueError, match="spatial size"):
+        layer(torch.zeros(1, 3, 5, 5))
+
+
+def test_mix_maps_structure():
+    layer = PerturbLayer(4, 8, 2, input_size=3, mix_maps=True)
+    assert isinstance(layer[-1], MixMaps)
+    conv = layer[-1][0]
+    assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.bias is not None
+    assert layer(torch.randn(2, 4, 3, 3)).shape == (2, 8, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("filter_size", "bias", "out_size"), [(1, True, 8), (3, False, 8), (5, False, 8), (7, False, 4)]
+)
+def test_regular_conv_layer(filter_size, bias, out_size):
+    layer = PerturbLayer(3, 5, filter_size=filter_size)
+    conv = layer[0]
+    assert isinstance(conv, nn.Conv2d)
+    assert conv.kernel_size == (filter_size, filter_size)
+    assert (conv.bias is not None) is bias
+    assert layer(torch.randn(2, 3, 8, 8)).shape == (2, 5, out_size, out_size)
+
+
+def test_perturb_layer_errors():
+    with pytest.raises(ValueError, match="input_size is required"):
+        PerturbLayer(3, 6, filter_size=0)
+    with pytest.raises(ValueError, match="filter_size"):
+        PerturbLayer(3, 6, filter_size=2)
+
+
+def test_extra_repr_shows_non_defaults():
+    text = repr(
+        PerturbConv2d(2, 4, 2, input_size=3, level=0.2, unique_masks=False, train_masks=True)
+    )
+    assert "nmasks=2" in text and "unique_masks=False" in text and "train_masks=True" in text
+    assert "noise_type" not in text and "bias" not in text
