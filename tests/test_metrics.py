@@ -1,0 +1,321 @@
+"""Tests for perturbnn.metrics: exact accuracy and the original code's smoothed figure."""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from perturbnn.metrics import ExactAccuracy, OriginalSmoothedAccuracy
+
+
+def one_hot_logits(labels: list[int], num_classes: int = 3) -> torch.Tensor:
+    """Logits whose arg-max is ``labels``, with distracting values elsewhere."""
+    logits = torch.linspace(-1.0, 0.5, num_classes).repeat(len(labels), 1)
+    logits[torch.arange(len(labels)), torch.tensor(labels)] = 2.0
+    return logits
+
+
+# Three batches of 4, 4 and 2 examples; correct counts 3, 4 and 1 (counted by hand).
+BATCHES = [
+    ([0, 1, 2, 0], [0, 1, 2, 1]),  # 3 of 4
+    ([2, 2, 1, 0], [2, 2, 1, 0]),  # 4 of 4
+    ([1, 0], [1, 2]),  # 1 of 2
+]
+
+
+# --------------------------------------------------------------------------- ExactAccuracy
+
+
+def test_exact_accuracy_uneven_last_batch() -> None:
+    acc = ExactAccuracy()
+    for pred, target in BATCHES:
+        acc.update(torch.tensor(pred), torch.tensor(target))
+    assert (acc.correct, acc.total) == (8, 10)
+    assert acc.compute() == 0.8
+    # The mean of the per-batch means would be (0.75 + 1 + 0.5) / 3 = 0.75: not what we report.
+    assert acc.compute() != pytest.approx(0.75)
+
+
+def test_exact_accuracy_logits_equal_labels() -> None:
+    from_labels, from_logits = ExactAccuracy(), ExactAccuracy()
+    for pred, target in BATCHES:
+        from_labels.update(torch.tensor(pred), torch.tensor(target))
+        from_logits.update(one_hot_logits(pred), torch.tensor(target))
+    assert from_logits.state_dict() == from_labels.state_dict() == {"correct": 8, "total": 10}
+
+
+def test_exact_accuracy_argmax_over_dim_1() -> None:
+    acc = ExactAccuracy()
+    # Column arg-max would be [1, 0]; the row arg-max is [1, 1]; targets [1, 1].
+    acc.update(torch.tensor([[0.0, 1.0], [0.5, 0.6]]), torch.tensor([1, 1]))
+    assert acc.correct == 2
+
+
+def test_exact_accuracy_reset() -> None:
+    acc = ExactAccuracy()
+    acc.update(torch.tensor([1, 1]), torch.tensor([1, 0]))
+    acc.reset()
+    assert (acc.correct, acc.total) == (0, 0)
+    with pytest.raises(ValueError, match="total == 0"):
+        acc.compute()
+    acc.update(torch.tensor([2]), torch.tensor([2]))
+    assert acc.compute() == 1.0
+
+
+def test_exact_accuracy_expected_total() -> None:
+    acc = ExactAccuracy()
+    acc.update(torch.tensor([1, 1, 0]), torch.tensor([1, 0, 0]))
+    assert acc.compute(expected_total=3) == 2 / 3
+    with pytest.raises(ValueError, match="expected_total is 4"):
+        acc.compute(expected_total=4)
+
+
+def test_exact_accuracy_state_dict_round_trip() -> None:
+    acc = ExactAccuracy()
+    for pred, target in BATCHES[:2]:
+        acc.update(torch.tensor(pred), torch.tensor(target))
+    state = acc.state_dict()
+    assert all(type(v) is int for v in state.values())
+    restored = ExactAccuracy()
+    restored.load_state_dict(state)
+    assert (restored.correct, restored.total) == (7, 8)
+    # Counting continues from the restored counts.
+    pred, target = BATCHES[2]
+    restored.update(torch.tensor(pred), torch.tensor(target))
+    assert restored.compute() == 0.8
+    assert repr(restored) == "ExactAccuracy(correct=8, total=10)"
+
+
+@pytest.mark.parametrize(
+    ("state", "error"),
+    [
+        ({"correct": 3}, KeyError),
+        ({"correct": 3, "total": 2}, ValueError),
+        ({"correct": -1, "total": 2}, ValueError),
+        ({"correct": 1.0, "total": 2}, TypeError),
+    ],
+)
+def test_exact_accuracy_load_bad_state(state: dict[str, Any], error: type[Exception]) -> None:
+    acc = ExactAccuracy()
+    with pytest.raises(error):
+        acc.load_state_dict(state)
+    assert (acc.correct, acc.total) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("output", "target", "match"),
+    [
+        (torch.zeros(4, 3), torch.zeros(4, 1, dtype=torch.long), r"target must be 1-D.*\(4, 1\)"),
+        (torch.zeros(4, 3), torch.zeros(4), "target must hold integer"),
+        (torch.zeros(4, 3, 2), torch.zeros(4, dtype=torch.long), r"output must be.*\(4, 3, 2\)"),
+        (torch.zeros(4, 3), torch.zeros(5, dtype=torch.long), r"same batch size.*\(4, 3\).*\(5,\)"),
+        (torch.zeros(4), torch.zeros(4, dtype=torch.long), "1-D output must hold integer"),
+        (torch.zeros(4, 0), torch.zeros(4, dtype=torch.long), "num_classes >= 1"),
+    ],
+)
+def test_exact_accuracy_bad_shapes(output: torch.Tensor, target: torch.Tensor, match: str) -> None:
+    acc = ExactAccuracy()
+    with pytest.raises(ValueError, match=match):
+        acc.update(output, target)
+    assert acc.total == 0
+
+
+def test_exact_accuracy_not_a_tensor() -> None:
+    with pytest.raises(TypeError, match="output"):
+        ExactAccuracy().update([0, 1], torch.tensor([0, 1]))  # type: ignore[arg-type]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(min_value=1, max_value=60),
+    num_classes=st.integers(min_value=1, max_value=4),
+)
+def test_exact_accuracy_independent_of_batch_split(
+    data: st.DataObject, n: int, num_classes: int
+) -> None:
+    labels = st.lists(st.integers(0, num_classes - 1), min_size=n, max_size=n)
+    pred = data.draw(labels, label="pred")
+    target = data.draw(labels, label="target")
+    cuts = (
+        sorted(data.draw(st.sets(st.integers(1, n - 1), max_size=8), label="cuts")) if n > 1 else []
+    )
+    bounds = [0, *cuts, n]
+    acc = ExactAccuracy()
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        acc.update(torch.tensor(pred[start:stop]), torch.tensor(target[start:stop]))
+    expected_correct = sum(p == t for p, t in zip(pred, target))
+    assert acc.correct == expected_correct
+    assert acc.total == n
+    assert acc.compute(expected_total=n) == expected_correct / n
+
+
+def test_all_reduce_without_distributed_is_a_no_op() -> None:
+    assert not dist.is_initialized()
+    acc = ExactAccuracy()
+    acc.update(torch.tensor([1, 0]), torch.tensor([1, 1]))
+    acc.all_reduce()
+    assert (acc.correct, acc.total) == (1, 2)
+
+
+def _all_reduce_worker(rank: int, world_size: int, init_file: str, queue: Any) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    try:
+        acc = ExactAccuracy()
+        # Rank 0: 3 of 4 correct; rank 1: 1 of 1 correct. Exact: 4/5, mean of means: 0.875.
+        if rank == 0:
+            acc.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 0]))
+        else:
+            acc.update(torch.tensor([5]), torch.tensor([5]))
+        acc.all_reduce()
+        queue.put((rank, acc.correct, acc.total, acc.compute()))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_all_reduce_sums_counts_over_two_processes(tmp_path: Any) -> None:
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    init_file = str(tmp_path / "init")
+    procs = [
+        ctx.Process(target=_all_reduce_worker, args=(rank, 2, init_file, queue)) for rank in (0, 1)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    results = sorted(queue.get(timeout=5) for _ in procs)
+    assert results == [(0, 4, 5, 0.8), (1, 4, 5, 0.8)]
+
+
+# --------------------------------------------------------------------------- OriginalSmoothedAccuracy
+
+
+def test_smoothed_hand_computed_sequence() -> None:
+    smoothed = OriginalSmoothedAccuracy()
+    # Batch accuracies 1.0 then 0.5: 0.3 * 1.0 = 0.3, then 0.7 * 0.3 + 0.3 * 0.5 = 0.36.
+    assert smoothed.update(torch.tensor([0, 1]), torch.tensor([0, 1])) == pytest.approx(0.3)
+    assert smoothed.update(torch.tensor([0, 0]), torch.tensor([0, 1])) == pytest.approx(0.36)
+    assert smoothed.value == pytest.approx(0.36)
+
+
+def test_smoothed_never_reset_across_epochs() -> None:
+    smoothed = OriginalSmoothedAccuracy()
+    smoothed.update(torch.tensor([0, 1]), torch.tensor([0, 1]))  # 0.3
+    smoothed.update(torch.tensor([0, 0]), torch.tensor([0, 1]))  # 0.36
+    assert smoothed.end_epoch() == pytest.approx(0.36)
+    # Next epoch starts from 0.36, not 0: one all-wrong batch gives 0.7 * 0.36 = 0.252.
+    assert smoothed.update(torch.tensor([1, 1]), torch.tensor([0, 0])) == pytest.approx(0.252)
+    assert smoothed.end_epoch() == pytest.approx(0.252)
+    assert smoothed.history == pytest.approx([0.36, 0.252])
+    assert smoothed.best == pytest.approx(0.36)
+
+
+def test_smoothed_nominal_batch_size_undercounts_last_batch() -> None:
+    nominal = OriginalSmoothedAccuracy(nominal_batch_size=4)
+    actual = OriginalSmoothedAccuracy()
+    for smoothed in (nominal, actual):
+        smoothed.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 3]))  # 4 of 4
+        smoothed.update(torch.tensor([0, 1]), torch.tensor([0, 1]))  # 2 of 2
+    # First batch: 0.3. Last batch 2/4 = 0.5 with the nominal divisor, 2/2 = 1.0 without.
+    assert nominal.value == pytest.approx(0.7 * 0.3 + 0.3 * 0.5)
+    assert actual.value == pytest.approx(0.7 * 0.3 + 0.3 * 1.0)
+
+
+def test_smoothed_skip_uneven_batches() -> None:
+    smoothed = OriginalSmoothedAccuracy(nominal_batch_size=4, skip_uneven_batches=True)
+    smoothed.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 0]))  # 3/4 -> 0.225
+    assert smoothed.update(torch.tensor([0, 1]), torch.tensor([1, 0])) == pytest.approx(0.225)
+
+
+def test_smoothed_differs_from_exact_accuracy() -> None:
+    exact, smoothed = ExactAccuracy(), OriginalSmoothedAccuracy(nominal_batch_size=4)
+    for pred, target in BATCHES:  # batch accuracies 3/4, 4/4, 1/4 (nominal divisor 4)
+        exact.update(torch.tensor(pred), torch.tensor(target))
+        smoothed.update(torch.tensor(pred), torch.tensor(target))
+    expected = 0.0
+    for batch_acc in (0.75, 1.0, 0.25):
+        expected = 0.7 * expected + 0.3 * batch_acc
+    assert smoothed.end_epoch() == pytest.approx(expected)  # 0.34275
+    assert exact.compute() == 0.8
+    assert abs(smoothed.best - exact.compute()) > 0.4
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=1, max_size=8),
+        min_size=1,
+        max_size=10,
+    ),
+    smoothing=st.floats(min_value=0.0, max_value=0.99),
+)
+def test_smoothed_matches_reference_loop(
+    batches: list[list[tuple[int, int]]], smoothing: float
+) -> None:
+    smoothed = OriginalSmoothedAccuracy(smoothing=smoothing)
+    value = 0.0
+    for batch in batches:
+        pred, target = zip(*batch)
+        batch_acc = sum(p == t for p, t in batch) / len(batch)
+        value = smoothing * value + (1 - smoothing) * batch_acc
+        assert smoothed.update(torch.tensor(pred), torch.tensor(target)) == pytest.approx(value)
+
+
+def test_smoothed_best_needs_an_epoch() -> None:
+    with pytest.raises(ValueError, match="no epoch recorded"):
+        _ = OriginalSmoothedAccuracy().best
+
+
+def test_smoothed_state_dict_round_trip() -> None:
+    smoothed = OriginalSmoothedAccuracy(smoothing=0.5, nominal_batch_size=2)
+    smoothed.update(torch.tensor([0, 1]), torch.tensor([0, 1]))  # 0.5
+    smoothed.end_epoch()
+    smoothed.update(torch.tensor([0]), torch.tensor([0]))  # 0.5 * 0.5 + 0.5 * 0.5 = 0.5
+    state = smoothed.state_dict()
+    restored = OriginalSmoothedAccuracy(smoothing=0.5, nominal_batch_size=2)
+    restored.load_state_dict(state)
+    assert restored.value == smoothed.value
+    assert restored.history == smoothed.history
+    assert restored.history is not smoothed.history
+    with pytest.raises(ValueError, match="smoothing"):
+        OriginalSmoothedAccuracy(smoothing=0.7, nominal_batch_size=2).load_state_dict(state)
+
+
+@pytest.mark.parametrize("smoothing", [1.0, -0.1, 1.5, float("nan"), float("inf")])
+def test_smoothed_bad_smoothing(smoothing: float) -> None:
+    with pytest.raises(ValueError, match=f"got {smoothing}"):
+        OriginalSmoothedAccuracy(smoothing=smoothing)
+
+
+@pytest.mark.parametrize(("size", "error"), [(0, ValueError), (-3, ValueError), (2.5, TypeError)])
+def test_smoothed_bad_nominal_batch_size(size: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match=f"got .*{size}"):
+        OriginalSmoothedAccuracy(nominal_batch_size=size)
+
+
+def test_smoothed_skip_needs_nominal_batch_size() -> None:
+    with pytest.raises(ValueError, match="nominal_batch_size"):
+        OriginalSmoothedAccuracy(skip_uneven_batches=True)
+
+
+def test_smoothed_rejects_batch_larger_than_nominal_and_empty_batch() -> None:
+    smoothed = OriginalSmoothedAccuracy(nominal_batch_size=2)
+    with pytest.raises(ValueError, match="batch size 3 exceeds nominal_batch_size 2"):
+        smoothed.update(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="empty"):
+        OriginalSmoothedAccuracy().update(
+            torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        )
+    assert smoothed.value == 0.0
