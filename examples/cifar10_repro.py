@@ -1,0 +1,307 @@
+"""Reproduce the PNN CIFAR-10 experiments, reporting the exact and the original-method accuracy.
+
+A thin front end over :mod:`perturbnn.training`: it parses the seed's ``main.py`` flags (same
+spelling, same defaults), optionally applies one of the eight presets of the reproduction
+notes, and calls the library. Flags given explicitly on the command line override the preset.
+
+Examples (from the repository root, with the data in ``../shared/data``)::
+
+    python examples/cifar10_repro.py --list-experiments
+    python examples/cifar10_repro.py --experiment pnn-fanout64-shared --data-dir ../shared/data
+    python examples/cifar10_repro.py --experiment baseline --nepochs 10 --train-subset 5000 \\
+        --data-dir ../shared/data --out-dir runs/baseline-short
+    python examples/cifar10_repro.py --resume runs/baseline-short/checkpoint_last.pt --nepochs 20
+
+Each run writes ``log.jsonl``, ``summary.json``, ``checkpoint_last.pt`` and
+``checkpoint_best.pt`` to ``--out-dir`` (default ``runs/<experiment or net-type>-<time>``).
+At the end it prints the best exact test accuracy, the figure the original code would have
+reported (per-batch accuracy smoothed 0.7/0.3 and never reset, best over epochs), the gap
+between them, and the accuracy the notes report for the experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from perturbnn.data import DataCorruptError, DataNotFoundError
+from perturbnn.experiments import EXPERIMENTS, get_experiment
+from perturbnn.training import (
+    CheckpointError,
+    FitSummary,
+    RunConfig,
+    default_out_dir,
+    load_checkpoint,
+    prepare_run,
+)
+
+#: Fields of a resumed checkpoint's configuration that describe the machine, not the run:
+#: they come from this command line (or its defaults), never from the checkpoint.
+_MACHINE_FIELDS = ("data_dir", "out_dir", "resume", "device", "num_workers", "progress", "debug")
+
+
+def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The command-line parser; with ``suppress_defaults`` only explicit flags are set."""
+    defaults = RunConfig()
+    parser = argparse.ArgumentParser(
+        description="Train a PNN or baseline model on CIFAR-10 (or MNIST) and report the exact "
+        "test accuracy next to the figure the original PNN code reported.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+    def add(*flags: str, default: Any, **kwargs: Any) -> None:
+        if not suppress_defaults:
+            kwargs["default"] = default
+        else:
+            kwargs["default"] = argparse.SUPPRESS
+        parser.add_argument(*flags, **kwargs)
+
+    boolean = argparse.BooleanOptionalAction
+    add(
+        "--experiment",
+        default=None,
+        metavar="NAME",
+        help="apply a preset of the reproduction notes (see --list-experiments); explicit "
+        "flags override it",
+    )
+    add(
+        "--list-experiments",
+        default=False,
+        action="store_true",
+        help="print the presets with their seed command and reported accuracy, then exit",
+    )
+    # The seed's flags, spelled as in its main.py.
+    add("--net-type", default=defaults.net_type, help="model name")
+    add("--dataset-train", default=defaults.dataset_train, help="training data set")
+    add("--dataset-test", default=defaults.dataset_test, help="test data set")
+    add("--nfilters", type=int, default=defaults.nfilters, help="width of the first stage")
+    add("--batch-size", type=int, default=defaults.batch_size, help="batch size")
+    add("--learning-rate", type=float, default=defaults.learning_rate, help="learning rate")
+    add(
+        "--first_filter_size",
+        type=int,
+        default=defaults.first_filter_size,
+        help="first layer: 0 = perturbation layer, n > 0 = n x n convolution (default: the "
+        "network's, 0; noiseresnet18: 7)",
+    )
+    add(
+        "--filter_size",
+        type=int,
+        default=defaults.filter_size,
+        help="other layers: 0 = perturbation layer, n > 0 = n x n convolution",
+    )
+    add("--nmasks", type=int, default=defaults.nmasks, help="noise masks per input channel")
+    add(
+        "--unique_masks",
+        action=boolean,
+        default=defaults.unique_masks,
+        help="a different set of masks for every input channel",
+    )
+    add(
+        "--train_masks",
+        action=boolean,
+        default=defaults.train_masks,
+        help="train the noise masks as parameters",
+    )
+    add(
+        "--mix_maps",
+        action=boolean,
+        default=defaults.mix_maps,
+        help="extra 1x1 mixing convolution in perturbation layers",
+    )
+    add("--noise_type", default=defaults.noise_type, help="uniform or normal")
+    add("--level", type=float, default=defaults.level, help="noise level")
+    add(
+        "--scale_noise",
+        type=float,
+        default=defaults.scale_noise,
+        help="factor on the noise level of the first layer",
+    )
+    add("--pool_type", default=defaults.pool_type, help="max or avg")
+    add("--act", default=defaults.act, help="activation function")
+    add(
+        "--use_act",
+        action=boolean,
+        default=defaults.use_act,
+        help="activation right after perturbing the input image",
+    )
+    add("--dropout", type=float, default=defaults.dropout, help="dropout (lenet, cifarnet)")
+    add("--nepochs", type=int, default=defaults.nepochs, help="number of epochs in total")
+    add("--optim-method", default=defaults.optim_method, help="Adam, RMSprop or SGD")
+    add("--weight-decay", type=float, default=defaults.weight_decay, help="weight decay")
+    add("--momentum", type=float, default=defaults.momentum, help="momentum (RMSprop, SGD)")
+    add("--manual-seed", type=int, default=defaults.manual_seed, help="random seed")
+    add(
+        "--debug",
+        default=False,
+        action="store_true",
+        help="log input, noise and output values of every noise layer at every step",
+    )
+    # This reproduction's own flags.
+    add(
+        "--data-dir",
+        default=defaults.data_dir,
+        help="folder holding cifar10/ and mnist/ (here: ../shared/data; env PERTURBNN_DATA_DIR)",
+    )
+    add(
+        "--train-subset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on N class-balanced samples only",
+    )
+    add(
+        "--test-subset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="test on N class-balanced samples only",
+    )
+    add(
+        "--out-dir",
+        default=None,
+        help="where logs and checkpoints go (default: runs/<experiment or net-type>-<time>, "
+        "or the checkpoint's folder with --resume)",
+    )
+    add("--resume", default=None, metavar="PATH", help="continue from this checkpoint")
+    add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
+    add("--num-workers", type=int, default=defaults.num_workers, help="data loader workers")
+    add("--no-progress", default=False, action="store_true", help="no progress bars")
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, DataNotFoundError):
+        return (
+            f"{lines[0] if lines else exc} Pass --data-dir (or set PERTURBNN_DATA_DIR) to the "
+            "folder that holds cifar10/ and mnist/, e.g. ../shared/data"
+        )
+    return " ".join(lines) if lines else type(exc).__name__
+
+
+def print_experiments() -> None:
+    """Print the eight presets: name, reported accuracy, seed command."""
+    width = max(len(name) for name in EXPERIMENTS)
+    print(f"{'name':<{width}}  {'seed acc':>8}  seed command")
+    for name, exp in EXPERIMENTS.items():
+        print(f"{name:<{width}}  {exp.seed_accuracy:>8.1%}  {exp.seed_command}")
+
+
+def resolve_config(argv: Optional[Sequence[str]]) -> RunConfig:
+    """Seed defaults, then the checkpoint's (with --resume), then the preset, then the flags."""
+    args = vars(build_parser().parse_args(argv))
+    explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
+    explicit.pop("list_experiments", None)
+    if explicit.pop("no_progress", False):
+        explicit["progress"] = False
+
+    values: dict[str, Any] = {}
+    resume = explicit.get("resume")
+    if resume is not None:
+        saved = load_checkpoint(resume)["config"]
+        fields = RunConfig.__dataclass_fields__
+        values.update({k: v for k, v in saved.items() if k in fields and k not in _MACHINE_FIELDS})
+        if explicit.get("out_dir") is None:
+            explicit["out_dir"] = str(Path(resume).parent)
+    if explicit.get("experiment") is not None:
+        values.update(get_experiment(explicit["experiment"]).overrides())
+    values.update(explicit)
+    values.setdefault("data_dir", args["data_dir"])
+    config = RunConfig.from_dict(values)
+    if config.out_dir is None:
+        config = config.replace(out_dir=str(default_out_dir(config)))
+    return config
+
+
+def print_config(config: RunConfig) -> None:
+    print("configuration:")
+    for key, value in config.to_dict().items():
+        print(f"  {key}: {value}")
+    if config.experiment is not None:
+        exp = get_experiment(config.experiment)
+        print(f"  seed command: {exp.seed_command}")
+
+
+def print_result(summary: FitSummary, config: RunConfig) -> None:
+    rows = [
+        (f"best exact test accuracy (epoch {summary.best_epoch})", f"{summary.best_acc:.2%}"),
+        ("original-method figure (best over epochs)", f"{summary.original_best_acc:.2%}"),
+        ("gap (original-method minus exact)", f"{100 * summary.gap:+.2f} points"),
+        ("last exact test accuracy", f"{summary.last_acc:.2%}"),
+    ]
+    if config.experiment is not None:
+        exp = get_experiment(config.experiment)
+        rows.append((f"seed reported accuracy ({exp.name})", f"{exp.seed_accuracy:.1%}"))
+    width = max(len(label) for label, _ in rows)
+    print()
+    print(
+        f"result after {summary.epochs} epoch(s) on {summary.metadata.get('test_samples')} "
+        f"test samples, {summary.wall_time_s:.1f} s:"
+    )
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+    if config.train_subset is not None or config.test_subset is not None:
+        print("  (subsets of the data were used: not comparable with the seed's figures)")
+    print(f"files in {summary.out_dir}")
+
+
+def configure_logging() -> None:
+    """Send the library's INFO lines (epochs, debug values) to stdout, once per process."""
+    package_logger = logging.getLogger("perturbnn")
+    if not any(getattr(h, "_cifar10_repro", False) for h in package_logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._cifar10_repro = True  # type: ignore[attr-defined]
+        package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.list_experiments:
+        print_experiments()
+        return 0
+
+    configure_logging()
+
+    try:
+        config = resolve_config(argv)
+        print_config(config)
+        run = prepare_run(config)
+    except (
+        DataNotFoundError,
+        DataCorruptError,
+        CheckpointError,
+        FileNotFoundError,
+        ValueError,
+        TypeError,
+    ) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    print(
+        f"model: {config.net_type} with {run.parameters:,} parameters and "
+        f"{run.mask_values:,} noise mask values, on {run.device}"
+    )
+    meta = run.metadata()
+    print(f"data: {meta['train_samples']} train and {meta['test_samples']} test samples")
+    try:
+        summary = run.fit(logger=logging.getLogger("perturbnn.training"))
+    except KeyboardInterrupt:
+        last = Path(config.out_dir or ".") / "checkpoint_last.pt"
+        print(f"\ninterrupted; continue with --resume {last}", file=sys.stderr)
+        return 130
+    except FloatingPointError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    print_result(summary, config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
