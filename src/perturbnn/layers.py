@@ -450,4 +450,32 @@ class PerturbLayer(nn.Sequential):
                 make_activation(act),
             ]
         super().__init__(*modules)
+        self.in_channels = in_channels
         self.filter_size = filter_size
+        self.input_size = None if input_size is None else check_size("input_size", input_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the layer; a regular convolution checks its input as a perturbation layer does.
+
+        Raises:
+            TypeError, ValueError: on a non-floating, non-4-D input, or a wrong channel count or
+                spatial size (when ``input_size`` was given).
+        """
+        if self.filter_size > 0:
+            _check_conv_input(x, self.in_channels, self.input_size)
+        out: Tensor = super().forward(x)
+        return out
+
+
+def _check_conv_input(x: Tensor, channels: int, size: Optional[tuple[int, int]]) -> None:
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"input must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() != 4:
+        raise ValueError(
+            "input must be 4-D Tensor[batch_size, channels, height, width], "
+            f"got {x.dim()}-D with shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != channels:
+        raise ValueError(f"input must have {channels} channels, got {x.shape[1]}")
+    if size is not None and tuple(x.shape[2:]) != size:
+        raise ValueError(f"input spatial size must equal input_size = {size}, got {tuple(x.shape[2:])}")

@@ -7,7 +7,7 @@ import dataclasses
 from torch import Tensor, nn
 
 from perturbnn.layers import PerturbLayer
-from perturbnn.models._common import make_pool, stem_layer
+from perturbnn.models._common import check_model_input, make_pool, stem_layer
 from perturbnn.models._config import ModelConfig
 
 __all__ = ["PlainNet", "build_plain_net"]
@@ -29,6 +29,7 @@ class PlainNet(nn.Module):
         self.linear = nn.Linear(nfeatures, config.nclasses, **config.factory_kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_model_input(x, self.config, self.linear.weight)
         logits: Tensor = self.linear(self.dropout(self.features(x).flatten(1)))
         return logits
 

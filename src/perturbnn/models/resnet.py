@@ -15,7 +15,7 @@ from typing_extensions import Unpack
 
 from perturbnn.activations import make_activation
 from perturbnn.layers import NoiseMask, PerturbLayer
-from perturbnn.models._common import make_pool, stem_layer
+from perturbnn.models._common import check_model_input, make_pool, stem_layer
 from perturbnn.models._config import ModelConfig, ModelOptions
 from perturbnn.models._registry import register_model
 
@@ -65,6 +65,7 @@ class ResNet(nn.Module):
         self.linear = nn.Linear(features, config.nclasses, **config.factory_kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_model_input(x, self.config, self.linear.weight)
         x = self.stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
