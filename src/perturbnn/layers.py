@@ -463,7 +463,7 @@ class PerturbLayer(nn.Sequential):
         """
         if self.filter_size > 0:
             _check_conv_input(x, self.in_channels, self.input_size)
-        out: Tensor = super().forward(x)
+        out: Tensor = super().forward(x)  # type: ignore[no-untyped-call]
         return out
 
 
