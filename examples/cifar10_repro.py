@@ -12,28 +12,48 @@ Examples (from the repository root, with the data in ``../shared/data``)::
         --data-dir ../shared/data --out-dir runs/baseline-short
     python examples/cifar10_repro.py --resume runs/baseline-short/checkpoint_last.pt --nepochs 20
 
+The same command runs on several GPUs or nodes under ``torchrun`` (DistributedDataParallel;
+``--batch-size`` is per process; see ``docs/distributed.md``)::
+
+    torchrun --nproc_per_node=4 examples/cifar10_repro.py --experiment pnn-fanout64-shared \\
+        --data-dir ../shared/data --sync-bn
+
 Each run writes ``log.jsonl``, ``summary.json``, ``checkpoint_last.pt`` and
 ``checkpoint_best.pt`` to ``--out-dir`` (default ``runs/<experiment or net-type>-<time>``).
 At the end it prints the best exact test accuracy, the figure the original code would have
 reported (per-batch accuracy smoothed 0.7/0.3 and never reset, best over epochs), the gap
 between them, and the accuracy the notes report for the experiment.
+
+Exit status: 0 when done; 1 when the loss became NaN or infinite (the message names the epoch
+and step; ``checkpoint_last.pt`` keeps the last good epoch); 2 on bad input found before
+training (options, missing or corrupt data, a checkpoint of another configuration, an
+unwritable or full ``--out-dir``), with one ``error:`` line and no traceback; 130 after Ctrl-C
+(SIGINT) and 143 after SIGTERM, once the current step has finished and with
+``checkpoint_last.pt`` holding the last completed epoch (``--resume`` re-runs the interrupted
+one). See ``docs/robustness.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 from perturbnn.data import DataCorruptError, DataNotFoundError
+from perturbnn.distributed import destroy_distributed, is_main_process
 from perturbnn.experiments import EXPERIMENTS, get_experiment
 from perturbnn.training import (
     CheckpointError,
     FitSummary,
+    OutDirError,
     RunConfig,
+    TrainingInterrupted,
+    check_out_dir,
     default_out_dir,
     load_checkpoint,
     prepare_run,
@@ -41,7 +61,16 @@ from perturbnn.training import (
 
 #: Fields of a resumed checkpoint's configuration that describe the machine, not the run:
 #: they come from this command line (or its defaults), never from the checkpoint.
-_MACHINE_FIELDS = ("data_dir", "out_dir", "resume", "device", "num_workers", "progress", "debug")
+_MACHINE_FIELDS = (
+    "data_dir",
+    "out_dir",
+    "resume",
+    "device",
+    "num_workers",
+    "progress",
+    "debug",
+    "sync_bn",
+)
 
 
 def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
@@ -171,15 +200,23 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     add("--num-workers", type=int, default=defaults.num_workers, help="data loader workers")
     add("--no-progress", default=False, action="store_true", help="no progress bars")
+    add(
+        "--sync-bn",
+        default=False,
+        action="store_true",
+        help="under torchrun: convert BatchNorm to SyncBatchNorm (statistics over all processes)",
+    )
     return parser
 
 
 def _one_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if isinstance(exc, DataNotFoundError):
+        looked = f" Looked at: {', '.join(map(str, exc.paths))}." if exc.paths else ""
+        head = lines[0].split(" Looked at:")[0] if lines else str(exc)
         return (
-            f"{lines[0] if lines else exc} Pass --data-dir (or set PERTURBNN_DATA_DIR) to the "
-            "folder that holds cifar10/ and mnist/, e.g. ../shared/data"
+            f"{head}{looked} Pass --data-dir (or set PERTURBNN_DATA_DIR) "
+            "to the folder that holds cifar10/ and mnist/, e.g. ../shared/data"
         )
     return " ".join(lines) if lines else type(exc).__name__
 
@@ -262,7 +299,22 @@ def configure_logging() -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status.
+
+    Under ``torchrun`` every process runs it: only rank 0 prints to stdout (errors go to
+    stderr on every rank), and the process group is destroyed at the end.
+    """
+    with contextlib.ExitStack() as stack:
+        if not is_main_process():
+            devnull = stack.enter_context(open(os.devnull, "w", encoding="utf-8"))
+            stack.enter_context(contextlib.redirect_stdout(devnull))
+        try:
+            return _main(argv)
+        finally:
+            destroy_distributed()
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(argv)
     if args.list_experiments:
         print_experiments()
@@ -273,29 +325,51 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         config = resolve_config(argv)
         print_config(config)
+        if config.out_dir is not None:
+            check_out_dir(config.out_dir)  # unwritable: fail before loading anything
         run = prepare_run(config)
     except (
         DataNotFoundError,
         DataCorruptError,
         CheckpointError,
+        OutDirError,
         FileNotFoundError,
         ValueError,
         TypeError,
     ) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted before training started; nothing to save", file=sys.stderr)
+        return 130
     print(
         f"model: {config.net_type} with {run.parameters:,} parameters and "
         f"{run.mask_values:,} noise mask values, on {run.device}"
     )
     meta = run.metadata()
     print(f"data: {meta['train_samples']} train and {meta['test_samples']} test samples")
+    if run.distributed is not None:
+        world = run.distributed.world_size
+        print(
+            f"distributed: {world} processes ({run.distributed.backend}), batch size "
+            f"{config.batch_size} per process, {world * config.batch_size} per step"
+        )
     try:
         summary = run.fit(logger=logging.getLogger("perturbnn.training"))
+    except TrainingInterrupted as exc:  # SIGINT or SIGTERM: the last completed epoch is saved
+        print(
+            f"\ninterrupted by {exc.signal_name} after {exc.epochs_completed} completed "
+            f"epoch(s); continue with --resume {exc.checkpoint}",
+            file=sys.stderr,
+        )
+        return exc.exit_code  # 130 (SIGINT) or 143 (SIGTERM)
     except KeyboardInterrupt:
         last = Path(config.out_dir or ".") / "checkpoint_last.pt"
         print(f"\ninterrupted; continue with --resume {last}", file=sys.stderr)
         return 130
+    except (CheckpointError, OutDirError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     except FloatingPointError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 1

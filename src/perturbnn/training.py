@@ -54,6 +54,15 @@ from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
 from torch.utils.data import DataLoader
 from torch.utils.hooks import RemovableHandle
 
+from perturbnn import distributed as _distributed
+from perturbnn._mismatch import config_mismatch, format_mismatch, state_mismatch
+from perturbnn._outdir import (
+    CHECKPOINT_COPIES,
+    OutDirError,
+    check_out_dir,
+    estimate_checkpoint_bytes,
+)
+from perturbnn._signals import StopOnSignal, TrainingInterrupted
 from perturbnn._version import __version__
 from perturbnn.experiments import Experiment, get_experiment
 from perturbnn.metrics import ExactAccuracy, OriginalSmoothedAccuracy
@@ -65,12 +74,16 @@ __all__ = [
     "LR_MILESTONES",
     "MODEL_OPTIONS",
     "OPTIMIZERS",
+    "RESUME_FIELDS",
     "CheckpointError",
     "EvalResult",
     "FitSummary",
+    "OutDirError",
     "PreparedRun",
     "RunConfig",
     "TrainResult",
+    "TrainingInterrupted",
+    "check_out_dir",
     "default_out_dir",
     "evaluate",
     "fit",
@@ -401,6 +414,22 @@ def _device_of(device: DeviceLike) -> torch.device:
     return resolve_device(device) if isinstance(device, str) else device
 
 
+#: Steps between two checks of the training loss on an accelerator (each check synchronizes).
+_FINITE_CHECK_EVERY = 50
+
+
+def _check_finite(first_bad: Tensor, bad_value: Tensor, *, epoch: int, at_step: int) -> None:
+    """Raise ``FloatingPointError`` if ``first_bad`` (a 1-based step, 0: none) is set."""
+    step = int(first_bad.item())
+    if step == 0:
+        return
+    late = f" (detected at step {at_step})" if at_step != step else ""
+    raise FloatingPointError(
+        f"training loss is {float(bad_value.item())} at epoch {epoch}, step {step}{late}: "
+        "the run diverged (try a lower learning rate)"
+    )
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[Any],
@@ -410,8 +439,15 @@ def train_one_epoch(
     loss_fn: Optional[LossFn] = None,
     progress: bool = False,
     epoch: int = 0,
+    stop: Optional[StopOnSignal] = None,
 ) -> TrainResult:
     """Train ``model`` for one pass over ``loader``.
+
+    The loss of every step is checked: a NaN or infinite loss stops the epoch with a
+    ``FloatingPointError`` naming the epoch and the step. On the CPU the check runs at every
+    step, before ``backward()``, so the model keeps its last good weights; on an accelerator it
+    runs every 50 steps (and at the end) to avoid a synchronization per step, and the message
+    still names the first bad step.
 
     Args:
         model (nn.Module): maps ``Tensor[batch_size, channels, height, width]`` to logits
@@ -424,13 +460,18 @@ def train_one_epoch(
             over the batch. Default: ``nn.CrossEntropyLoss()``.
         progress (bool): show a tqdm bar (needs tqdm). Default: ``False``.
         epoch (int): 1-based epoch number, for the bar and messages only.
+        stop (StopOnSignal, optional): polled after every step; once it reports a signal,
+            the epoch ends with :class:`TrainingInterrupted` (the model has then seen part of
+            the epoch only).
 
     Returns:
         TrainResult: per-sample mean loss, exact training accuracy, steps and samples.
 
     Raises:
         ValueError: if the loader yields no batch or not ``(inputs, targets)`` pairs.
-        FloatingPointError: if the epoch's loss is NaN or infinite (the run diverged).
+        FloatingPointError: if a step's loss is NaN or infinite (the run diverged); the
+            message names the epoch and the step.
+        TrainingInterrupted: if ``stop`` reports a signal.
     """
     dev = _device_of(device)
     criterion: LossFn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
@@ -438,12 +479,20 @@ def train_one_epoch(
     accuracy = ExactAccuracy()
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     steps = 0
+    check_every = 1 if dev.type == "cpu" else _FINITE_CHECK_EVERY
+    first_bad = torch.zeros((), dtype=torch.int64, device=dev)  # 1-based step; 0: none yet
+    bad_value = torch.zeros((), dtype=torch.float32, device=dev)
     for inputs, targets, bar in _batches(
         loader, dev, progress=progress, desc=f"epoch {epoch} train"
     ):
         optimizer.zero_grad(set_to_none=True)
         outputs = model(inputs)
         loss = criterion(outputs, targets)
+        newly_bad = (first_bad == 0) & ~torch.isfinite(loss.detach())
+        first_bad = torch.where(newly_bad, steps + 1, first_bad)
+        bad_value = torch.where(newly_bad, loss.detach().float(), bad_value)
+        if (steps + 1) % check_every == 0:
+            _check_finite(first_bad, bad_value, epoch=epoch, at_step=steps + 1)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         batch_size = targets.shape[0]
@@ -454,8 +503,16 @@ def train_one_epoch(
             bar.set_postfix(
                 loss=f"{loss_sum.item() / accuracy.total:.3f}", acc=f"{accuracy.compute():.2%}"
             )
+        if stop is not None and stop.requested():
+            raise TrainingInterrupted(
+                f"{stop.signal_name} received in epoch {epoch} after step {steps}",
+                signum=stop.signum or 0,
+            )
     if steps == 0:
         raise ValueError(f"the training loader yielded no batch in epoch {epoch}")
+    _check_finite(first_bad, bad_value, epoch=epoch, at_step=steps)
+    # Under DDP: loss and counts summed over the ranks (samples include the sampler's padding).
+    loss_sum = _distributed.reduce_train_totals(model, loss_sum, accuracy)
     mean_loss = loss_sum.item() / accuracy.total
     if not math.isfinite(mean_loss):
         raise FloatingPointError(
@@ -478,7 +535,10 @@ def evaluate(
 ) -> EvalResult:
     """Exact loss and accuracy of ``model`` over ``loader``, in eval mode without gradients.
 
-    The model's training mode is restored afterwards.
+    The model's training mode is restored afterwards. Under ``torch.distributed``, when
+    ``loader`` draws from a :class:`~perturbnn.distributed.ShardSampler`, every rank evaluates
+    its shard and the counts are summed over the ranks
+    (:func:`~perturbnn.distributed.evaluate_sharded`): the result is the whole test set's.
 
     Args:
         model (nn.Module): maps ``Tensor[batch_size, channels, height, width]`` to logits
@@ -496,9 +556,14 @@ def evaluate(
 
     Raises:
         ValueError: if the loader yields no batch, or a standard ``DataLoader`` yields a
-            number of samples different from its sampler's length.
+            number of samples different from its sampler's length, or (under a process
+            group) the loader draws from a ``DistributedSampler``, which repeats samples.
     """
     dev = _device_of(device)
+    if _distributed.uses_sharded_evaluation(loader):
+        return _distributed.evaluate_sharded(
+            model, loader, device=dev, smoothed=smoothed, loss_fn=loss_fn, progress=progress
+        )
     criterion: LossFn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
     was_training = model.training
     model.eval()
@@ -544,9 +609,33 @@ def _plain(obj: Any) -> Any:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``<path>.tmp``, fsync, rename: ``path`` is always a whole file.
+
+    A kill at any moment leaves the previous ``path`` readable (and at worst a stale ``.tmp``,
+    overwritten by the next save). Saving through a Python file object turns a full disk into
+    ``OSError: [Errno 28] No space left on device`` rather than torch's writer error.
+
+    Raises:
+        OutDirError: (an ``OSError``) if the file cannot be written; the temporary file is
+            removed and the message says whether the previous ``path`` is unchanged.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        kept = f"; the previous {path.name} is unchanged" if path.is_file() else ""
+        raise OutDirError(
+            f"could not write checkpoint {str(path)!r} ({type(exc).__name__}: {exc}){kept}",
+            path.parent,
+        ) from exc
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
@@ -602,7 +691,8 @@ def save_checkpoint(
 
     Args:
         path (str or os.PathLike): file to write.
-        model (nn.Module): its ``state_dict()`` is saved (noise masks included).
+        model (nn.Module): its ``state_dict()`` is saved (noise masks included); a DDP
+            wrapper is removed first, so the keys have no ``module.`` prefix.
         epoch (int): number of epochs completed (1-based number of the last one).
         optimizer (Optimizer, optional): its ``state_dict()`` is saved.
         scheduler (LRScheduler, optional): its ``state_dict()`` is saved.
@@ -624,7 +714,7 @@ def save_checkpoint(
         "perturbnn_version": __version__,
         "torch_version": str(torch.__version__),
         "epoch": int(epoch),
-        "model": model.state_dict(),
+        "model": _distributed.unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "config": _plain(dict(config or {})),
@@ -710,7 +800,8 @@ def restore_checkpoint(
 
     Args:
         checkpoint (Mapping): from :func:`load_checkpoint`.
-        model (nn.Module): must have the checkpoint's architecture.
+        model (nn.Module): must have the checkpoint's architecture; DDP-wrapped or not (a
+            ``module.`` prefix in the saved keys is ignored).
         optimizer (Optimizer, optional): restored if given and saved.
         scheduler (LRScheduler, optional): restored if given and saved.
         strict (bool): passed to ``model.load_state_dict``. Default: ``True``.
@@ -719,14 +810,31 @@ def restore_checkpoint(
         int: the number of epochs the checkpoint had completed.
 
     Raises:
-        RuntimeError: if the model's parameters do not match (``load_state_dict``).
+        CheckpointError: (a ``ValueError``) if the checkpoint was made for another model
+            (other ``nmasks``, another architecture) or optimizer; the message lists the
+            mismatched keys and shapes (the model is left untouched when its keys differ).
         ValueError: if an optimizer or scheduler is given but the checkpoint has no state for it.
     """
-    model.load_state_dict(checkpoint["model"], strict=strict)
+    state = _distributed.plain_state_dict(checkpoint["model"])
+    target = _distributed.unwrap_model(model)
+    problems = state_mismatch(target.state_dict(), state)
+    if not strict:
+        problems = [line for line in problems if ": shape " in line]
+    if problems:
+        raise CheckpointError(
+            f"the checkpoint does not fit this model, {len(problems)} mismatched key(s): "
+            f"{format_mismatch(problems)}"
+        )
+    target.load_state_dict(state, strict=strict)
     if optimizer is not None:
         if checkpoint.get("optimizer") is None:
             raise ValueError("the checkpoint holds no optimizer state, got None")
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"the checkpoint's optimizer state does not fit this optimizer ({exc})"
+            ) from exc
     if scheduler is not None:
         if checkpoint.get("scheduler") is None:
             raise ValueError("the checkpoint holds no scheduler state, got None")
@@ -841,6 +949,25 @@ def _summarize(
     )
 
 
+def _stopped_by_signal(
+    exc: TrainingInterrupted, completed: int, directory: Optional[Path], log: logging.Logger
+) -> TrainingInterrupted:
+    """Log and return the :class:`TrainingInterrupted` that :func:`fit` raises."""
+    checkpoint = directory / "checkpoint_last.pt" if directory is not None else None
+    if checkpoint is not None:
+        where = (
+            f"{checkpoint} holds epoch {completed}; --resume continues with epoch "
+            f"{completed + 1}"
+        )
+    else:
+        where = f"{completed} epoch(s) completed, nothing saved (no out_dir)"
+    message = f"stopped: {exc}; {where}"
+    log.warning("%s", message)
+    return TrainingInterrupted(
+        message, signum=exc.signum, epochs_completed=completed, checkpoint=checkpoint
+    )
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable[Any],
@@ -858,6 +985,7 @@ def fit(
     smoothing: float = 0.7,
     metadata: Optional[Mapping[str, Any]] = None,
     logger: Optional[logging.Logger] = None,
+    handle_signals: bool = True,
 ) -> FitSummary:
     """Train for ``epochs`` epochs, testing after each, with logs, checkpoints and resume.
 
@@ -871,6 +999,20 @@ def fit(
     :data:`HISTORY_KEYS`), ``checkpoint_last.pt`` after every epoch, ``checkpoint_best.pt``
     whenever the exact test accuracy improves, and ``summary.json`` at the end (see
     :class:`FitSummary`). Checkpoints load with ``torch.load(path, weights_only=True)``.
+
+    Faults (see ``docs/robustness.md``): before the first step, ``out_dir`` is created and
+    checked (:func:`check_out_dir`: writable, room for three checkpoints) and
+    ``checkpoint_last.pt`` is written with the starting state (epoch 0, or the resumed epoch).
+    Checkpoints are written to a temporary file and renamed, so a kill leaves the previous one
+    whole. The first SIGINT (Ctrl-C) or SIGTERM lets the current step finish, then stops with
+    :class:`TrainingInterrupted`; ``checkpoint_last.pt`` then holds the last *completed* epoch,
+    so a resume re-runs the interrupted epoch and matches an uninterrupted run. A NaN or
+    infinite loss stops with ``FloatingPointError`` naming the epoch and step, and the last
+    good checkpoint is kept.
+
+    Under ``torchrun`` (see :mod:`perturbnn.distributed`) every rank calls it with a
+    DDP-wrapped model; the training sampler's ``set_epoch`` is called every epoch, figures are
+    summed over the ranks, and only rank 0 logs epoch lines, shows bars and writes files.
 
     Args:
         model (nn.Module): already on ``device``.
@@ -892,18 +1034,28 @@ def fit(
         smoothing (float): the original method's smoothing weight. Default: ``0.7``.
         metadata (Mapping, optional): extra entries for ``summary.json``.
         logger (logging.Logger, optional): where epoch lines go. Default: this module's logger.
+        handle_signals (bool): turn SIGINT and SIGTERM into a clean stop while training
+            (main thread only; the previous handlers are restored on return). Default: ``True``.
 
     Returns:
         FitSummary: best and last exact accuracy, the original-method figure, and the history.
 
     Raises:
         ValueError: if ``epochs`` is not positive.
-        CheckpointError: if ``resume`` is not a perturbnn checkpoint.
-        FloatingPointError: if the training loss becomes NaN or infinite.
+        CheckpointError: if ``resume`` is not a perturbnn checkpoint or does not fit ``model``
+            (the message lists the mismatched keys).
+        OutDirError: (an ``OSError``) if ``out_dir`` cannot be created or written, or lacks
+            room for the checkpoints; raised before the first training step.
+        FloatingPointError: if the training loss becomes NaN or infinite; the message names
+            the epoch and the step.
+        TrainingInterrupted: (a ``KeyboardInterrupt``) on SIGINT or SIGTERM, after the current
+            step; its ``epochs_completed`` and ``checkpoint`` say where a resume continues.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     log = logger if logger is not None else _LOGGER
+    if not _distributed.is_main_process():  # under torchrun only rank 0 reports and writes
+        log, out_dir, progress = _distributed.quiet_logger(log), None, False
     dev = _device_of(device)
     plain_config: dict[str, Any] = _plain(dict(config or {}))
     meta = dict(metadata or {})
@@ -934,20 +1086,39 @@ def fit(
     directory = Path(out_dir) if out_dir is not None else None
     log_file = None
     if directory is not None:
-        directory.mkdir(parents=True, exist_ok=True)
+        need = CHECKPOINT_COPIES * estimate_checkpoint_bytes(model, optimizer)
+        check_out_dir(directory, need_bytes=need)
         log_file = (directory / "log.jsonl").open("w", encoding="utf-8")
         for i in range(len(history["epoch"])):
             record = {key: history[key][i] for key in HISTORY_KEYS}
             log_file.write(json.dumps(record) + "\n")
         log_file.flush()
+        # The starting state: what a resume continues from if stopped in the first epoch.
+        save_checkpoint(
+            directory / "checkpoint_last.pt",
+            model=model,
+            epoch=start,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            config=plain_config,
+            history=history,
+            smoothed=smoothed,
+            best_acc=best_acc if math.isfinite(best_acc) else None,
+            best_epoch=best_epoch if math.isfinite(best_acc) else None,
+            rng=_rng_state(train_loader),
+        )
 
+    stop = StopOnSignal(enabled=handle_signals, logger=log)
+    completed = start  # epochs completed, and saved if there is an out_dir
     try:
+        stop.install()
         if start >= epochs:
             log.info("the checkpoint has %d epochs already; nothing to train", start)
         for index in range(start, epochs):
             number = index + 1
             began = time.perf_counter()
             lr = float(optimizer.param_groups[0]["lr"])
+            _distributed.set_sampler_epoch(train_loader, index)  # DistributedSampler shuffle
             train = train_one_epoch(
                 model,
                 train_loader,
@@ -956,6 +1127,7 @@ def fit(
                 loss_fn=loss_fn,
                 progress=progress,
                 epoch=number,
+                stop=stop,
             )
             test = evaluate(model, test_loader, device=dev, smoothed=smoothed, loss_fn=loss_fn)
             original = smoothed.end_epoch()
@@ -997,6 +1169,7 @@ def fit(
                     os.replace(best.with_name(best.name + ".tmp"), best)
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
+            completed = number
             log.info(
                 "epoch %d/%d  train loss %.3f acc %.2f%%  test loss %.3f  acc %.2f%% (exact)  "
                 "original-method %.2f%%  lr %.3g  %.1fs",
@@ -1010,7 +1183,23 @@ def fit(
                 lr,
                 seconds,
             )
+            if stop.requested():  # the signal came during the test pass: the epoch is saved
+                raise TrainingInterrupted(
+                    f"{stop.signal_name} received at the end of epoch {number}",
+                    signum=stop.signum or 0,
+                )
+    except TrainingInterrupted as exc:
+        raise _stopped_by_signal(exc, completed, directory, log) from None
+    except FloatingPointError:
+        if directory is not None:
+            log.error(
+                "stopped on a non-finite loss; %s still holds epoch %d, the last good one",
+                directory / "checkpoint_last.pt",
+                completed,
+            )
+        raise
     finally:
+        stop.restore()
         if log_file is not None:
             log_file.close()
 
@@ -1067,6 +1256,9 @@ class RunConfig:
         progress: show tqdm bars.
         debug: log input, noise and output values of every noise layer
             (:func:`perturbnn.debug.attach_debug_hooks`).
+        sync_bn: under ``torchrun``, convert BatchNorm to SyncBatchNorm (ignored in a
+            single-process run). ``batch_size`` is per process (see
+            :mod:`perturbnn.distributed`).
 
     Raises:
         ValueError: on an invalid value; the message names the option and the value.
@@ -1106,6 +1298,7 @@ class RunConfig:
     num_workers: int = 0
     progress: bool = True
     debug: bool = False
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "nepochs", "nfilters", "nmasks"):
@@ -1221,6 +1414,9 @@ class PreparedRun:
         parameters (int): trainable parameters, fixed noise masks excluded.
         mask_values (int): values held in noise masks.
         debug_handles (list[RemovableHandle]): hooks from ``debug=True``.
+        distributed (DistributedContext, optional): rank, world size and backend when
+            started by ``torchrun`` (then ``model`` is DDP-wrapped and the loaders are
+            sharded); ``None`` in a single-process run.
     """
 
     config: RunConfig
@@ -1235,6 +1431,7 @@ class PreparedRun:
     parameters: int
     mask_values: int
     debug_handles: list[RemovableHandle] = field(default_factory=list)
+    distributed: Optional[_distributed.DistributedContext] = None
 
     def metadata(self) -> dict[str, Any]:
         """Entries for ``summary.json``: experiment, its seed command and seed accuracy."""
@@ -1244,6 +1441,7 @@ class PreparedRun:
             meta["seed_accuracy"] = self.experiment.seed_accuracy
         meta["train_samples"] = _sized(self.train_loader)
         meta["test_samples"] = _sized(self.test_loader)
+        meta["world_size"] = self.distributed.world_size if self.distributed else 1
         return meta
 
     def fit(self, *, logger: Optional[logging.Logger] = None) -> FitSummary:
@@ -1272,6 +1470,36 @@ def _sized(loader: DataLoader[Any]) -> Optional[int]:
         return None
 
 
+#: :class:`RunConfig` fields a resumed run must share with its checkpoint: the model, the
+#: shape of its data and the optimizer.
+RESUME_FIELDS: tuple[str, ...] = ("net_type", "dataset_train", *MODEL_OPTIONS, "optim_method")
+
+
+def _check_resume(checkpoint: Mapping[str, Any], config: RunConfig, model: nn.Module) -> None:
+    """Refuse a checkpoint of another configuration, listing the options and keys that differ.
+
+    Raises:
+        CheckpointError: if an option of :data:`RESUME_FIELDS` differs from the checkpoint's
+            ``config`` or the model's state dict does not match the checkpoint's.
+    """
+    saved = checkpoint.get("config") or {}
+    options = config_mismatch(saved, _plain(config.to_dict()), RESUME_FIELDS)
+    state = _distributed.plain_state_dict(checkpoint["model"])
+    keys = state_mismatch(model.state_dict(), state)
+    if not options and not keys:
+        return
+    parts = []
+    if options:
+        parts.append(f"Options that differ ({len(options)}): {format_mismatch(options)}")
+    if keys:
+        parts.append(f"Mismatched keys ({len(keys)}): {format_mismatch(keys)}")
+    raise CheckpointError(
+        f"cannot resume from {config.resume!r}: it was saved by a run with another "
+        f"configuration. {'. '.join(parts)}. Resume with the checkpoint's options, or start a "
+        "new run without --resume"
+    )
+
+
 def prepare_run(config: RunConfig) -> PreparedRun:
     """Build data loaders, model, optimizer and scheduler for ``config``, without training.
 
@@ -1279,6 +1507,12 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     loaders (:func:`perturbnn.data.make_loaders`), then the model (:func:`perturbnn.build_model`
     with ``in_channels``, ``input_size`` and ``nclasses`` of the training set) on the device,
     the optimizer over its trainable parameters and the seed's schedule.
+
+    Started by ``torchrun`` with two or more processes, it first joins the process group
+    (:func:`perturbnn.distributed.init_distributed`: ``cuda:LOCAL_RANK`` with NCCL, or the CPU
+    with gloo), shards the loaders (:func:`perturbnn.distributed.distribute_loaders`) and
+    wraps the model in DDP after checking that the noise masks match on every rank
+    (:func:`perturbnn.distributed.wrap_model`, with ``SyncBatchNorm`` if ``sync_bn``).
 
     Args:
         config (RunConfig): the options.
@@ -1291,13 +1525,17 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         perturbnn.data.DataCorruptError: if they are unreadable.
         ValueError: on an invalid option, an unknown model or data set, a device that is not
             available, or a resume file that is not a perturbnn checkpoint.
+        CheckpointError: (a ``ValueError``) if ``resume`` was saved with other options of
+            :data:`RESUME_FIELDS` or another model; the message lists the options and the
+            state-dict keys that differ.
         FileNotFoundError: if ``resume`` does not exist.
     """
     from perturbnn import build_model
     from perturbnn.data import dataset_info, make_loaders
 
     experiment = get_experiment(config.experiment) if config.experiment else None
-    device = resolve_device(config.device)
+    context = _distributed.init_distributed(config.device)  # None unless torchrun, N >= 2
+    device = context.device if context is not None else resolve_device(config.device)
     checkpoint = load_checkpoint(config.resume, map_location=device) if config.resume else None
     train_info = dataset_info(config.dataset_train)
     test_info = dataset_info(config.dataset_test)
@@ -1318,6 +1556,10 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         num_workers=config.num_workers,
         seed=config.manual_seed,
     )
+    if context is not None:
+        train_loader, test_loader = _distributed.distribute_loaders(
+            train_loader, test_loader, seed=config.manual_seed
+        )
     model = build_model(
         config.net_type,
         **config.model_config(
@@ -1326,11 +1568,15 @@ def prepare_run(config: RunConfig) -> PreparedRun:
             nclasses=train_info.nclasses,
         ),
     ).to(device)
+    if checkpoint is not None:
+        _check_resume(checkpoint, config, model)
     handles: list[RemovableHandle] = []
     if config.debug:
         from perturbnn.debug import attach_debug_hooks
 
         handles = attach_debug_hooks(model, level=logging.INFO)
+    if context is not None:
+        model = _distributed.wrap_model(model, context, sync_bn=config.sync_bn)
     optimizer = make_optimizer(
         config.optim_method,
         model,
@@ -1353,11 +1599,15 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         parameters=parameters,
         mask_values=mask_values,
         debug_handles=handles,
+        distributed=context,
     )
 
 
 def run_experiment(config: RunConfig, *, logger: Optional[logging.Logger] = None) -> FitSummary:
     """Build everything for ``config`` and train: ``prepare_run(config).fit()``.
+
+    Under ``torchrun``, the process group that :func:`prepare_run` joined is destroyed at the
+    end.
 
     Args:
         config (RunConfig): e.g. ``RunConfig.from_experiment("baseline", nepochs=10)``.
@@ -1369,4 +1619,9 @@ def run_experiment(config: RunConfig, *, logger: Optional[logging.Logger] = None
     Raises:
         See :func:`prepare_run` and :func:`fit`.
     """
-    return prepare_run(config).fit(logger=logger)
+    run = prepare_run(config)
+    try:
+        return run.fit(logger=logger)
+    finally:
+        if run.distributed is not None:
+            _distributed.destroy_distributed(run.distributed)
