@@ -11,13 +11,15 @@ gloo group, shards the loaders and wraps the model in DDP):
   weights so that the test can evaluate them in a single process;
 * trained masks: mask hashes after construction and after one epoch;
 
-then it checks that altered masks on rank 1 are refused, and that a ``DistributedSampler``
-test loader is refused. Rank 0 writes everything to ``OUT/worker.json``.
+then it checks that altered masks on rank 1 are refused, that a ``DistributedSampler``
+test loader is refused, and that a stop signal or a non-finite loss on rank 1 alone stops both
+ranks at the same step. Rank 0 writes everything to ``OUT/worker.json``.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from perturbnn._signals import TrainingInterrupted
 from perturbnn.distributed import (
     ShardSampler,
     check_masks_match,
@@ -35,7 +38,7 @@ from perturbnn.distributed import (
     uses_sharded_evaluation,
 )
 from perturbnn.metrics import OriginalSmoothedAccuracy
-from perturbnn.training import RunConfig, evaluate, prepare_run
+from perturbnn.training import RunConfig, evaluate, prepare_run, train_one_epoch
 
 
 def gather(value: Any) -> list[Any]:
@@ -115,6 +118,26 @@ def main(out: Path, data_dir: str) -> None:
         result["mismatch_error"] = gather(None)
     except RuntimeError as exc:
         result["mismatch_error"] = gather(str(exc))
+
+    # A stop signal, then a non-finite loss, seen by rank 1 only: both ranks stop at the same
+    # step (a rank stopping alone would leave the other waiting in the gradient all-reduce).
+    class RankOneStop:
+        signum = signal.SIGTERM if dist.get_rank() == 1 else None
+        signal_name = "SIGTERM"
+
+        def requested(self) -> bool:
+            return self.signum is not None
+
+    def rank_one_nan(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        return loss * float("nan") if dist.get_rank() == 1 else loss
+
+    for name, kwargs in (("stop", {"stop": RankOneStop()}), ("nan", {"loss_fn": rank_one_nan})):
+        try:
+            train_one_epoch(run.model, run.train_loader, run.optimizer, device="cpu", **kwargs)  # type: ignore[arg-type]
+            result[name] = gather(None)
+        except (TrainingInterrupted, FloatingPointError) as exc:
+            result[name] = gather([type(exc).__name__, str(exc)])
 
     if dist.get_rank() == 0:
         (out / "worker.json").write_text(json.dumps(result, indent=1), encoding="utf-8")

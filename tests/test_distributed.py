@@ -411,3 +411,15 @@ def test_only_rank_0_writes_and_padding_samplers_are_refused(worker: dict[str, A
     assert (Path(rank0) / "checkpoint_last.pt").is_file()
     for message in worker["distributed_sampler_error"]:
         assert message is not None and "ShardSampler" in message
+
+
+@needs_cifar10
+@pytest.mark.slow
+def test_a_stop_or_nan_on_one_rank_stops_every_rank_at_the_same_step(worker: dict[str, Any]) -> None:
+    (kind0, message0), (kind1, message1) = worker["stop"]
+    assert kind0 == kind1 == "TrainingInterrupted"
+    assert "after step 0" in message0 and "after step 0" in message1
+    (kind0, message0), (kind1, message1) = worker["nan"]
+    assert kind0 == kind1 == "FloatingPointError"
+    assert "on another rank at epoch 0, step 1" in message0
+    assert "step 1" in message1

@@ -300,6 +300,26 @@ def _collective_device() -> torch.device:
 # --------------------------------------------------------------------------------------------
 
 
+def any_rank(*flags: bool) -> tuple[bool, ...]:
+    """For each flag, whether it is set on any rank (one small all-reduce); local outside DDP.
+
+    Used by the training loop so that every rank stops at the same step when one rank sees a
+    signal or a non-finite loss; a rank that stopped alone would leave the others waiting in
+    DDP's gradient all-reduce.
+
+    Args:
+        *flags: this rank's flags.
+
+    Returns:
+        The flags OR-ed over all ranks, in the same order.
+    """
+    if not _is_initialized() or get_world_size() == 1:
+        return tuple(flags)
+    tensor = torch.tensor([int(f) for f in flags], dtype=torch.int64, device=_collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in tensor.tolist())
+
+
 class ShardSampler(Sampler[int]):
     """Contiguous, unpadded shards of ``range(len(dataset))``: each index on exactly one rank.
 

@@ -41,6 +41,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -480,6 +481,7 @@ def train_one_epoch(
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     steps = 0
     check_every = 1 if dev.type == "cpu" else _FINITE_CHECK_EVERY
+    synced = _distributed.get_world_size() > 1 and torch.distributed.is_initialized()
     first_bad = torch.zeros((), dtype=torch.int64, device=dev)  # 1-based step; 0: none yet
     bad_value = torch.zeros((), dtype=torch.float32, device=dev)
     for inputs, targets, bar in _batches(
@@ -491,7 +493,20 @@ def train_one_epoch(
         newly_bad = (first_bad == 0) & ~torch.isfinite(loss.detach())
         first_bad = torch.where(newly_bad, steps + 1, first_bad)
         bad_value = torch.where(newly_bad, loss.detach().float(), bad_value)
-        if (steps + 1) % check_every == 0:
+        if synced:  # under DDP every rank must stop at the same step, before backward()
+            local_stop = stop is not None and stop.requested()
+            any_bad, any_stop = _distributed.any_rank(bool(first_bad.item()), local_stop)
+            if any_bad and not first_bad.item():
+                raise FloatingPointError(
+                    f"training loss is not finite on another rank at epoch {epoch}, "
+                    f"step {steps + 1}"
+                )
+            if any_stop:
+                raise TrainingInterrupted(
+                    f"a stop signal reached a rank in epoch {epoch} after step {steps}",
+                    signum=(stop.signum if stop is not None else None) or signal.SIGTERM,
+                )
+        if synced or (steps + 1) % check_every == 0:
             _check_finite(first_bad, bad_value, epoch=epoch, at_step=steps + 1)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
