@@ -9,11 +9,24 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-import torch  # noqa: F401  (doctest namespace)
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["check_perturb_input", "perturb", "perturb_conv2d"]
+from perturbnn._fast_activation import pointwise_activation
+from perturbnn._fast_chunked import perturb_act_conv2d_chunked
+from perturbnn._fast_compiled import perturb_act_conv2d_compiled
+from perturbnn._fast_linear import perturb_conv2d_linear
+from perturbnn._validation import check_choice
+
+__all__ = ["IMPLS", "check_perturb_input", "perturb", "perturb_conv2d", "resolve_impl"]
+
+#: Valid ``impl`` names of :func:`perturb_conv2d` and the layers: ``"grouped"`` (the literal
+#: formulation; the reference, and cuDNN's grouped convolution on CUDA), ``"eager"`` (exact fast
+#: paths in plain PyTorch), ``"compiled"`` (``torch.compile`` fused kernel, falls back to eager
+#: with one warning where compilation is unavailable), ``"auto"`` (the fastest exact path that
+#: needs no compilation: ``"eager"``).
+IMPLS = ("auto", "compiled", "eager", "grouped")
 
 
 def check_perturb_input(x: Tensor, masks: Tensor) -> None:
@@ -85,6 +98,56 @@ def perturb(x: Tensor, masks: Tensor, level: float) -> Tensor:
     return y.reshape(batch, channels * nmasks, height, width)
 
 
+def resolve_impl(
+    impl: str,
+    nmasks: int,
+    activation: Optional[Callable[[Tensor], Tensor]] = None,
+) -> str:
+    """Name the computation :func:`perturb_conv2d` uses for ``impl`` and this layer.
+
+    - No activation: ``"linear"`` (the exact algebraic form) for every ``impl`` but
+      ``"grouped"``; ``"compiled"`` has nothing to fuse there.
+    - An activation and ``nmasks > 1``: ``"chunked"`` for ``"eager"`` and ``"auto"``,
+      ``"compiled"`` for ``"compiled"``, if the activation is deterministic and element-wise
+      (see below); otherwise ``"grouped"``.
+    - An activation and ``nmasks == 1``: ``"grouped"`` (the perturbed tensor is no larger than
+      the input; there is nothing to save).
+
+    The fast paths with an activation apply it to pieces of the perturbed tensor, which is exact
+    only for a deterministic element-wise activation: the modules of
+    :data:`perturbnn.activations.ACTIVATIONS` (``RReLU`` in eval mode only, since in training it
+    draws random slopes; ``PReLU`` with a single slope), a few more ``torch.nn`` ones (GELU,
+    SiLU, Mish, CELU, Softplus, Hardtanh, ReLU6, Hardswish, Hardsigmoid, Identity) and the
+    functions ``relu``, ``leaky_relu``, ``elu``, ``selu``, ``gelu``, ``silu``, ``mish``, ``tanh``,
+    ``sigmoid`` of ``torch``/``torch.nn.functional``. Any other activation takes the
+    ``"grouped"`` path whatever ``impl`` says.
+
+    Args:
+        impl: one of :data:`IMPLS`.
+        nmasks: masks per input channel.
+        activation: the activation between noise and 1x1 convolution, or ``None``.
+
+    Returns:
+        ``"grouped"``, ``"linear"``, ``"chunked"`` or ``"compiled"``.
+
+    Raises:
+        TypeError, ValueError: if ``impl`` is not one of :data:`IMPLS`.
+
+    Example::
+
+        >>> resolve_impl("auto", 64, torch.relu), resolve_impl("auto", 64, None)
+        ('chunked', 'linear')
+    """
+    check_choice("impl", impl, IMPLS)
+    if impl == "grouped":
+        return "grouped"
+    if activation is None:
+        return "linear"
+    if nmasks == 1 or pointwise_activation(activation) is None:
+        return "grouped"
+    return "compiled" if impl == "compiled" else "chunked"
+
+
 def perturb_conv2d(
     x: Tensor,
     masks: Tensor,
@@ -93,13 +156,31 @@ def perturb_conv2d(
     *,
     level: float,
     activation: Optional[Callable[[Tensor], Tensor]] = None,
+    impl: str = "grouped",
 ) -> Tensor:
     """Perturb ``x`` with noise masks, optionally activate, then mix with a 1x1 convolution.
 
-    This is the literal (grouped) formulation of a PNN layer (PNN, Sec. 3, Eq. 2): the whole
-    perturbed tensor ``Tensor[batch_size, channels * nmasks, height, width]`` is materialized.
-    The 1x1 convolution is grouped by input channel (``groups = channels``) when
-    ``nmasks > 1``, and dense otherwise.
+    The literal (grouped) formulation of a PNN layer (PNN, Sec. 3, Eq. 2) materializes the whole
+    perturbed tensor ``Tensor[batch_size, channels * nmasks, height, width]``. The 1x1
+    convolution is grouped by input channel (``groups = channels``) when ``nmasks > 1``, and
+    dense otherwise. ``impl`` chooses how it is computed; every choice gives the same outputs and
+    gradients up to floating-point rounding (see :func:`resolve_impl`):
+
+    - ``"grouped"`` (default here): the literal formulation, ``perturb`` then ``conv2d``.
+    - ``"eager"`` / ``"auto"``: without activation, the layer is linear in ``x``: a per-channel
+      scaling of ``x`` by the weights summed over each channel's masks (a dense 1x1 convolution
+      when ``nmasks == 1``) plus a fixed bias map, the 1x1 convolution of ``level * masks``
+      (:mod:`perturbnn._fast_linear`). With an activation, the masks are processed in cache-sized
+      blocks and recomputed in backward, so only the inputs are kept
+      (:mod:`perturbnn._fast_chunked`); not differentiable twice.
+    - ``"compiled"``: with an activation, ``torch.compile`` fuses perturbation, activation and
+      the per-group sum into one kernel with a recomputing backward
+      (:mod:`perturbnn._fast_compiled`); the first call per shape compiles (seconds); not
+      differentiable twice. Where compilation is unavailable it warns once and uses
+      ``"eager"``. Without activation it is ``"eager"``'s algebraic form.
+
+    Under ``torch.autocast`` the fast paths run in the autocast dtype, as the grouped path's
+    ``conv2d`` does. Measurements: ``docs/performance.md``.
 
     Args:
         x: ``Tensor[batch_size, channels, height, width]``.
@@ -109,19 +190,23 @@ def perturb_conv2d(
         level: noise amplitude.
         activation: optional function applied to the perturbed tensor before the 1x1
             convolution.
+        impl: ``"grouped"``, ``"eager"``, ``"compiled"`` or ``"auto"`` (see :data:`IMPLS`).
 
     Returns:
-        ``Tensor[batch_size, out_channels, height, width]``.
+        ``Tensor[batch_size, out_channels, height, width]`` of ``x``'s dtype.
 
     Raises:
         TypeError, ValueError: see :func:`check_perturb_input`; ``ValueError`` if ``weight`` does
-            not fit the perturbed tensor.
+            not fit the perturbed tensor or ``impl`` is unknown.
 
     Example::
 
         >>> x, masks = torch.randn(2, 3, 8, 8), torch.rand(3, 1, 8, 8)
         >>> perturb_conv2d(x, masks, torch.randn(16, 3, 1, 1), level=0.1).shape
         torch.Size([2, 16, 8, 8])
+        >>> perturb_conv2d(x, torch.rand(3, 4, 8, 8), torch.randn(6, 4, 1, 1), level=0.1,
+        ...                activation=torch.relu, impl="eager").shape
+        torch.Size([2, 6, 8, 8])
     """
     channels = x.shape[1] if x.dim() == 4 else -1
     nmasks = masks.shape[1]
@@ -132,9 +217,59 @@ def perturb_conv2d(
             f"weight must have shape {expected} for {channels} input channels and "
             f"nmasks={nmasks}, got {tuple(weight.shape)}"
         )
+    path = resolve_impl(impl, nmasks, activation)
+    if path != "grouped":
+        check_perturb_input(x, masks)
+        if groups > 1 and weight.shape[0] % channels != 0:
+            raise ValueError(
+                f"weight must have a multiple of {channels} output channels (groups={groups}), "
+                f"got {weight.shape[0]}"
+            )
+        autocast_dtype = _autocast_dtype(x)
+        if autocast_dtype is None:
+            return _fast(path, x, masks, weight, bias, level, activation)
+        # Under autocast the grouped path's conv2d runs in the autocast dtype; do the same, with
+        # autocast off inside so that the fast paths' own matrix products see one dtype.
+        with torch.autocast(x.device.type, enabled=False):
+            return _fast(path, x.to(autocast_dtype), masks, weight, bias, level, activation)
     y = perturb(x, masks, level)
     if activation is not None:
         y = activation(y)
     return F.conv2d(
         y, weight.to(y.dtype), None if bias is None else bias.to(y.dtype), groups=groups
     )
+
+
+def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast would run a convolution of float32 ``x`` in, or ``None``."""
+    if x.dtype != torch.float32:
+        return None
+    device = x.device.type
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        if not torch.is_autocast_enabled(device):
+            return None
+        return torch.get_autocast_dtype(device)
+    if device == "cpu":  # pragma: no cover - torch < 2.4
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    if device == "cuda" and torch.is_autocast_enabled():  # pragma: no cover - torch < 2.4
+        return torch.get_autocast_gpu_dtype()
+    return None  # pragma: no cover
+
+
+def _fast(
+    path: str,
+    x: Tensor,
+    masks: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    level: float,
+    activation: Optional[Callable[[Tensor], Tensor]],
+) -> Tensor:
+    """Run the fast ``path`` (``"linear"``, ``"chunked"`` or ``"compiled"``) of the layer."""
+    if path == "linear" or activation is None:
+        return perturb_conv2d_linear(x, masks, weight, bias, level)
+    act = pointwise_activation(activation)
+    assert act is not None  # resolve_impl checked it
+    if path == "chunked":
+        return perturb_act_conv2d_chunked(x, masks, weight, bias, level, act)
+    return perturb_act_conv2d_compiled(x, masks, weight, bias, level, activation, act)

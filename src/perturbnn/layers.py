@@ -164,6 +164,15 @@ class PerturbConv2d(nn.Module):
         use_act: apply ``act`` between the perturbation and the 1x1 convolution.
         act: activation name (see :data:`perturbnn.activations.ACTIVATIONS`).
         bias: learn a bias in the 1x1 convolution.
+        impl: how the layer is computed; every choice gives the same outputs and gradients up
+            to rounding (see :func:`perturbnn.functional.perturb_conv2d`). ``"grouped"``: the
+            literal formulation (perturbed tensor, grouped 1x1 convolution; the reference and
+            the cuDNN path on CUDA). ``"eager"``: without ``use_act`` the exact algebraic form
+            (a per-channel scaling of the input plus a bias map), with it masks in cache-sized
+            blocks recomputed in backward. ``"compiled"``: with ``use_act``, a ``torch.compile``
+            fused kernel (compiles on the first call per shape; falls back to ``"eager"`` with
+            one warning where compilation is unavailable). ``"auto"``: the fastest exact path
+            that needs no compilation (``"eager"``).
         device, dtype: factory keyword arguments.
 
     Shape:
@@ -197,12 +206,14 @@ class PerturbConv2d(nn.Module):
         use_act: bool = False,
         act: str = "relu",
         bias: bool = True,
+        impl: str = "auto",
         generator: Optional[torch.Generator] = None,
         device: DeviceLike = None,
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.impl = check_choice("impl", impl, PF.IMPLS)
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.nmasks = check_positive_int("nmasks", nmasks)
@@ -263,6 +274,7 @@ class PerturbConv2d(nn.Module):
             self.bias,
             level=self.noise.level,
             activation=self.activation,
+            impl=self.impl,
         )
 
     def extra_repr(self) -> str:
@@ -273,6 +285,8 @@ class PerturbConv2d(nn.Module):
             s += f", use_act=True, act={self.act!r}"
         if self.bias is None:
             s += ", bias=False"
+        if self.impl != "auto":
+            s += f", impl={self.impl!r}"
         return s
 
 
@@ -353,6 +367,8 @@ class PerturbLayer(nn.Sequential):
             :class:`PerturbConv2d`.
         act: activation name, used after the BatchNorm (and inside when ``use_act``).
         mix_maps: add :class:`MixMaps` after a perturbation layer.
+        impl: how the perturbation layer is computed (``"auto"``, ``"grouped"``, ``"eager"``,
+            ``"compiled"``): see :class:`PerturbConv2d`.
         device, dtype: factory keyword arguments.
 
     Shape:
@@ -387,6 +403,7 @@ class PerturbLayer(nn.Sequential):
         use_act: bool = False,
         act: str = "relu",
         mix_maps: bool = False,
+        impl: str = "auto",
         generator: Optional[torch.Generator] = None,
         device: DeviceLike = None,
         dtype: Optional[torch.dtype] = None,
@@ -408,6 +425,7 @@ class PerturbLayer(nn.Sequential):
         check_level("level", level)
         check_choice("noise_type", noise_type, NOISE_TYPES)
         check_choice("act", act, ACTIVATIONS)
+        check_choice("impl", impl, PF.IMPLS)
         modules: list[nn.Module]
         if filter_size == 0:
             if input_size is None:
@@ -427,6 +445,7 @@ class PerturbLayer(nn.Sequential):
                     use_act=use_act,
                     act=act,
                     bias=True,
+                    impl=impl,
                     generator=generator,
                     **factory_kwargs,
                 ),

@@ -50,6 +50,7 @@ def stem_layer(config: ModelConfig) -> tuple[PerturbLayer, int]:
         use_act=config.use_act,
         act=config.act,
         mix_maps=config.mix_maps,
+        impl=config.impl,
         generator=config.generator,
         **config.factory_kwargs,
     )

@@ -16,6 +16,7 @@ import torch
 
 from perturbnn._validation import check_bool, check_choice, check_level, check_positive_int
 from perturbnn.activations import ACTIVATIONS
+from perturbnn.functional import IMPLS
 from perturbnn.layers import NOISE_TYPES
 
 __all__ = ["POOL_TYPES", "ModelConfig", "ModelOptions"]
@@ -42,6 +43,7 @@ class ModelOptions(TypedDict, total=False):
     train_masks: bool
     noise_type: str
     mix_maps: bool
+    impl: str
     input_size: int
     in_channels: int
     generator: Optional[torch.Generator]
@@ -67,6 +69,10 @@ class ModelConfig:
         pool_type: ``"max"`` or ``"avg"``.
         dropout: dropout probability before the classifier (``lenet``, ``cifarnet``).
         unique_masks, train_masks, noise_type, mix_maps: as in :class:`~perturbnn.PerturbLayer`.
+        impl: how perturbation layers are computed: ``"auto"`` (default), ``"grouped"``,
+            ``"eager"`` or ``"compiled"`` (see :class:`~perturbnn.PerturbConv2d`). It does not
+            change the network, so every builder accepts it (those without perturbation layers
+            ignore it).
         input_size: side of the square input images, pixels.
         in_channels: channels of the input images (3 for CIFAR-10, 1 for MNIST).
         generator: CPU ``torch.Generator`` for the noise masks (default: global RNG).
@@ -88,6 +94,7 @@ class ModelConfig:
     train_masks: bool = False
     noise_type: str = "uniform"
     mix_maps: bool = False
+    impl: str = "auto"
     input_size: int = 32
     in_channels: int = 3
     generator: Optional[torch.Generator] = None
@@ -115,6 +122,7 @@ class ModelConfig:
         check_choice("act", self.act, ACTIVATIONS)
         check_choice("pool_type", self.pool_type, POOL_TYPES)
         check_choice("noise_type", self.noise_type, NOISE_TYPES)
+        check_choice("impl", self.impl, IMPLS)
         for name in ("use_act", "unique_masks", "train_masks", "mix_maps"):
             check_bool(name, getattr(self, name))
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
@@ -164,6 +172,7 @@ class ModelConfig:
             "input_size",
             "in_channels",
             "nfilters",
+            "impl",
         }
         for name, value in options.items():
             if name in used or name in always:

@@ -71,6 +71,7 @@ def build_plain_net(name: str, config: ModelConfig, widths: list[list[int]]) -> 
                     use_act=True,
                     act=config.act,
                     mix_maps=config.mix_maps,
+                    impl=config.impl,
                     generator=config.generator,
                     **config.factory_kwargs,
                 )

@@ -130,7 +130,8 @@ def resnet18(**options: Unpack[ModelOptions]) -> ResNet:
 
     Args:
         **options: ``nfilters``, ``nclasses``, ``input_size``, ``in_channels``, ``device``,
-            ``dtype``; the noise options are unused and must keep their defaults.
+            ``dtype``; ``impl`` is accepted and ignored (no perturbation layers); the noise
+            options are unused and must keep their defaults.
 
     Returns:
         A :class:`ResNet` mapping ``Tensor[B, in_channels, input_size, input_size]`` to
@@ -207,7 +208,8 @@ def noiseresnet18(**options: Unpack[ModelOptions]) -> ResNet:
     Args:
         **options: ``nfilters``, ``nclasses``, ``level``, ``first_filter_size`` (7 or 3),
             ``act``, ``pool_type``, ``unique_masks``, ``train_masks``, ``noise_type``,
-            ``input_size``, ``in_channels``, ``generator``, ``device``, ``dtype``.
+            ``input_size``, ``in_channels``, ``generator``, ``device``, ``dtype``; ``impl`` is
+            accepted and ignored (its noise layers have no fast path).
 
     Returns:
         A :class:`ResNet`.
@@ -309,6 +311,7 @@ def perturb_resnet18(**options: Unpack[ModelOptions]) -> ResNet:
         "use_act": True,
         "act": config.act,
         "mix_maps": config.mix_maps,
+        "impl": config.impl,
         "generator": config.generator,
         **config.factory_kwargs,
     }

@@ -1,0 +1,446 @@
+"""Every ``impl`` of the PNN layer against the literal grouped formulation written out here.
+
+The fast paths (``eager``: the algebraic form without activation, masks in blocks recomputed in
+backward with one; ``compiled``: ``torch.compile`` fused kernels) must give the outputs and the
+gradients of the grouped formulation (input, weights, bias, trainable masks, the PReLU slope).
+Timings live in ``benchmarks/bench_layers.py``, not here.
+"""
+
+from __future__ import annotations
+
+import copy
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from perturbnn import (
+    PerturbConv2d,
+    PerturbLayer,
+    _fast_chunked,
+    _fast_compiled,
+    build_model,
+    list_models,
+)
+from perturbnn.activations import ACTIVATIONS, make_activation
+from perturbnn.functional import IMPLS, perturb_conv2d, resolve_impl
+from perturbnn.models import ModelConfig
+
+
+def reference(x, masks, weight, bias, level, activation):
+    """Literal PNN layer: every channel plus every mask, activation, grouped 1x1 convolution."""
+    batch, channels, height, width = x.shape
+    nmasks = masks.shape[1]
+    noise = (level * masks.to(x.dtype)).expand(channels, -1, -1, -1)
+    perturbed = torch.stack([x[:, c : c + 1] + noise[c] for c in range(channels)], 1)
+    perturbed = perturbed.reshape(batch, channels * nmasks, height, width)
+    if activation is not None:
+        perturbed = activation(perturbed)
+    groups = channels if nmasks > 1 else 1
+    return F.conv2d(
+        perturbed, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), groups=groups
+    )
+
+
+def make_inputs(cfg, dtype=torch.float32):
+    """Random x, masks, weight, bias (leaf tensors requiring gradients where asked)."""
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    c, m, h, w = cfg["channels"], cfg["nmasks"], cfg["height"], cfg["width"]
+    out_channels = c * cfg["fanout"] if m > 1 else cfg["fanout"] + 1
+    x = torch.randn(cfg["batch"], c, h, w, generator=gen, dtype=dtype)
+    masks = torch.rand(c if cfg["unique"] else 1, m, h, w, generator=gen, dtype=dtype) * 2 - 1
+    weight = torch.randn(out_channels, m if m > 1 else c, 1, 1, generator=gen, dtype=dtype)
+    bias = torch.randn(out_channels, generator=gen, dtype=dtype) if cfg["bias"] else None
+    x.requires_grad_()
+    masks.requires_grad_(cfg["train_masks"])
+    weight.requires_grad_()
+    if bias is not None:
+        bias.requires_grad_()
+    return x, masks, weight, bias
+
+
+def activation_for(name, dtype=torch.float32):
+    if name is None:
+        return None
+    act = make_activation(name).to(dtype)
+    return act.eval() if name == "rrelu" else act  # RReLU is deterministic only in eval mode
+
+
+def outputs_and_grads(impl, x, masks, weight, bias, level, activation, gen_seed=1):
+    """``perturb_conv2d`` output and the gradients of a random projection of it."""
+    out = perturb_conv2d(x, masks, weight, bias, level=level, activation=activation, impl=impl)
+    proj = torch.randn(
+        out.shape, generator=torch.Generator().manual_seed(gen_seed), dtype=out.dtype
+    )
+    leaves = [t for t in (x, masks, weight, bias) if t is not None and t.requires_grad]
+    if isinstance(activation, nn.Module):
+        leaves += [p for p in activation.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(out, leaves, proj)
+    return [out, *grads]
+
+
+def assert_same(results, expected, rtol=1e-4, atol=0.0):
+    """Each tensor within ``rtol`` of its largest reference value (plus ``atol``)."""
+    assert len(results) == len(expected)
+    for got, want in zip(results, expected):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        scale = want.abs().max().clamp_min(1e-6)
+        error = (got - want).abs().max()
+        assert error <= rtol * scale + atol, (error, scale)
+
+
+configs = st.fixed_dictionaries(
+    {
+        "batch": st.integers(1, 3),
+        "channels": st.integers(1, 4),
+        "fanout": st.integers(1, 3),
+        "nmasks": st.integers(1, 5),
+        "height": st.integers(1, 5),
+        "width": st.integers(1, 5),
+        "unique": st.booleans(),
+        "train_masks": st.booleans(),
+        "bias": st.booleans(),
+        "level": st.floats(0.0, 2.0),
+        "act": st.sampled_from([None, None, *sorted(ACTIVATIONS)]),
+        "seed": st.integers(0, 2**16),
+    }
+)
+
+
+@settings(max_examples=60)
+@given(
+    cfg=configs, impl=st.sampled_from(["eager", "auto"]), budget=st.sampled_from([1, 13, 1 << 20])
+)
+def test_eager_matches_reference_float32(cfg, impl, budget):
+    """Outputs and all gradients within 1e-4 relative, blocks of any size (``budget``)."""
+    x, masks, weight, bias = make_inputs(cfg)
+    act = activation_for(cfg["act"])
+    expected = outputs_and_grads("grouped", x, masks, weight, bias, cfg["level"], act)
+    with torch.no_grad():
+        literal = reference(x, masks, weight, bias, cfg["level"], act)
+    assert_same([expected[0]], [literal], rtol=1e-5)
+    with mock.patch.dict(_fast_chunked.CHUNK_ELEMENTS, {"cpu": budget}):
+        got = outputs_and_grads(impl, x, masks, weight, bias, cfg["level"], act)
+    assert_same(got, expected)
+
+
+@settings(max_examples=15)
+@given(cfg=configs, budget=st.sampled_from([1, 17, 1 << 20]))
+def test_eager_gradcheck_float64(cfg, budget):
+    """``gradcheck`` of the eager paths in float64 (x, weight, bias, trainable masks)."""
+    cfg = {**cfg, "batch": min(cfg["batch"], 2), "height": 2, "width": 3}
+    x, masks, weight, bias = make_inputs(cfg, torch.float64)
+    act = activation_for(cfg["act"], torch.float64)
+    inputs = tuple(t for t in (x, masks, weight, bias) if t is not None)
+
+    def layer(*args):
+        xi, mi, wi, *bi = args
+        return perturb_conv2d(
+            xi, mi, wi, bi[0] if bi else None, level=cfg["level"], activation=act, impl="eager"
+        )
+
+    with mock.patch.dict(_fast_chunked.CHUNK_ELEMENTS, {"cpu": budget}):
+        assert torch.autograd.gradcheck(layer, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("unique", "train_masks", "fanout", "act"),
+    [(True, True, 2, "prelu"), (False, False, 1, "relu")],
+)
+def test_compiled_matches_reference(unique, train_masks, fanout, act):
+    """The compiled path, in one block and in several blocks, on two fixed configurations."""
+    _fast_compiled._reset()
+    cfg = {
+        "batch": 3,
+        "channels": 4,
+        "fanout": fanout,
+        "nmasks": 3,
+        "height": 4,
+        "width": 5,
+        "unique": unique,
+        "train_masks": train_masks,
+        "bias": True,
+        "level": 0.7,
+        "seed": 3,
+    }
+    x, masks, weight, bias = make_inputs(cfg)
+    activation = activation_for(act)
+    expected = outputs_and_grads("grouped", x, masks, weight, bias, 0.7, activation)
+    got = outputs_and_grads("compiled", x, masks, weight, bias, 0.7, activation)
+    assert_same(got, expected)
+    per_channel = 3 * 3 * 4 * 5
+    with mock.patch.dict(_fast_compiled.BLOCK_ELEMENTS, {"cpu": 2 * per_channel}):
+        got = outputs_and_grads("compiled", x, masks, weight, bias, 0.7, activation)
+    assert_same(got, expected)
+    assert _fast_compiled.compiled_available()  # it really compiled, no fallback
+
+
+def test_compiled_falls_back_to_eager_with_one_warning():
+    _fast_compiled._reset()
+
+    def broken(fn):
+        raise RuntimeError("no C++ compiler\nmore detail")
+
+    cfg = {
+        "batch": 2,
+        "channels": 3,
+        "fanout": 1,
+        "nmasks": 4,
+        "height": 3,
+        "width": 3,
+        "unique": True,
+        "train_masks": False,
+        "bias": True,
+        "level": 0.5,
+        "seed": 0,
+    }
+    x, masks, weight, bias = make_inputs(cfg)
+    act = nn.ReLU()
+    expected = outputs_and_grads("grouped", x, masks, weight, bias, 0.5, act)
+    try:
+        with mock.patch.object(_fast_compiled, "_compile", broken):
+            with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler") as record:
+                first = outputs_and_grads("compiled", x, masks, weight, bias, 0.5, act)
+                second = outputs_and_grads("compiled", x, masks, weight, bias, 0.5, act)
+        assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+        assert not _fast_compiled.compiled_available()
+        assert_same(first, expected)
+        assert_same(second, expected)
+    finally:
+        _fast_compiled._reset()
+
+
+def saved_bytes(fn):
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total
+
+
+@pytest.mark.parametrize("impl", ["eager", "compiled"])
+@pytest.mark.parametrize("use_act", [False, True])
+def test_fast_paths_never_save_the_perturbed_tensor(impl, use_act):
+    """What is kept for backward is about the inputs' size, not batch * channels * nmasks maps."""
+    _fast_compiled._reset()
+    batch, channels, nmasks, size = 8, 4, 32, 8
+    x = torch.randn(batch, channels, size, size, requires_grad=True)
+    layer = PerturbConv2d(channels, channels, nmasks, input_size=size, use_act=use_act)
+    perturbed_bytes = batch * channels * nmasks * size * size * 4
+    inputs_bytes = 4 * (
+        x.numel() + layer.noise.masks.numel() + layer.weight.numel() + 2 * x.numel()
+    )
+    layer.impl = "grouped"
+    _, grouped = saved_bytes(lambda: layer(x))
+    layer.impl = impl
+    out, fast = saved_bytes(lambda: layer(x))
+    assert grouped >= perturbed_bytes
+    assert fast <= inputs_bytes < perturbed_bytes / 4, (fast, inputs_bytes, perturbed_bytes)
+    out.sum().backward()
+    assert x.grad is not None
+
+
+def test_resolve_impl():
+    relu = nn.ReLU()
+    assert resolve_impl("grouped", 4, relu) == "grouped"
+    for impl in ("auto", "eager", "compiled"):
+        assert resolve_impl(impl, 4, None) == "linear"
+        assert resolve_impl(impl, 1, None) == "linear"
+        assert resolve_impl(impl, 1, relu) == "grouped"  # no blow-up with one mask
+        assert resolve_impl(impl, 4, nn.RReLU()) == "grouped"  # random in training mode
+        assert resolve_impl(impl, 4, nn.PReLU(8)) == "grouped"  # one slope per channel
+        assert resolve_impl(impl, 4, lambda t: t.softmax(1)) == "grouped"  # not element-wise
+    assert resolve_impl("auto", 4, relu) == "chunked"
+    assert resolve_impl("eager", 4, nn.RReLU().eval()) == "chunked"
+    assert resolve_impl("eager", 4, torch.tanh) == "chunked"
+    assert resolve_impl("compiled", 4, relu) == "compiled"
+    with pytest.raises(ValueError, match=r"impl must be one of .* got 'fast'"):
+        resolve_impl("fast", 4, relu)
+
+
+def test_unsupported_activation_takes_the_grouped_path_exactly():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 4)
+    masks, weight = torch.rand(3, 2, 4, 4), torch.randn(6, 2, 1, 1)
+
+    def softmax(t):
+        return t.softmax(1)
+
+    for impl in IMPLS:
+        out = perturb_conv2d(x, masks, weight, level=0.5, activation=softmax, impl=impl)
+        assert torch.equal(out, reference(x, masks, weight, None, 0.5, softmax))
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("train", [True, False])
+def test_layer_impls_agree_for_every_activation(act, train):
+    """``PerturbConv2d`` of each impl: same output and gradients (RReLU in training: same RNG)."""
+    torch.manual_seed(0)
+    base = PerturbConv2d(3, 6, 4, input_size=(5, 4), level=0.5, use_act=True, act=act)
+    base.train(train)
+    x = torch.randn(2, 3, 5, 4)
+    results = {}
+    for impl in ("grouped", "eager", "auto"):
+        layer = copy.deepcopy(base)
+        layer.impl = impl
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(1)
+        out = layer(xi)
+        out.square().sum().backward()
+        results[impl] = [out, xi.grad, *(p.grad for p in layer.parameters())]
+    for impl in ("eager", "auto"):
+        assert_same(results[impl], results["grouped"])
+
+
+def test_dtype_behaviour_kept():
+    """float64 input, float32 masks and weights: float64 output, equal to grouped."""
+    layer = PerturbConv2d(3, 6, 4, input_size=4, use_act=True)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    expected = perturb_conv2d(
+        x, layer.noise.masks, layer.weight, layer.bias, level=0.1, activation=nn.ReLU()
+    )
+    for impl in ("eager", "auto"):
+        layer.impl = impl
+        out = layer(x)
+        assert out.dtype == torch.float64
+        assert_same([out], [expected], rtol=1e-6)
+
+
+def test_non_contiguous_and_inference_inputs():
+    layer = PerturbConv2d(4, 8, 3, input_size=5, use_act=True)
+    x = torch.randn(2, 4, 5, 5).to(memory_format=torch.channels_last)
+    xt = torch.randn(2, 4, 5, 5).transpose(2, 3)
+    for inp in (x, xt):
+        layer.impl = "grouped"
+        expected = layer(inp)
+        layer.impl = "eager"
+        assert_same([layer(inp)], [expected])
+        with torch.no_grad():
+            assert_same([layer(inp)], [expected])
+        with torch.inference_mode():
+            assert_same([layer(inp)], [expected])
+
+
+@pytest.mark.parametrize("use_act", [False, True])
+def test_changes_of_weights_and_masks_are_seen_by_the_next_forward(use_act):
+    """No stale bias map: every way of changing weights, bias, masks or level is seen at once."""
+    torch.manual_seed(0)
+    layer = PerturbConv2d(3, 6, 4, input_size=4, use_act=use_act).eval()
+    x = torch.randn(2, 3, 4, 4)
+
+    def check():
+        with torch.no_grad():
+            fast = layer(x)
+            layer.impl = "grouped"
+            expected = layer(x)
+            layer.impl = "eager"
+        assert_same([fast], [expected])
+        return fast
+
+    layer.impl = "eager"
+    before = check()
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer.train()
+    layer(x).square().sum().backward()
+    optimizer.step()
+    layer.eval()
+    after_step = check()
+    assert not torch.equal(after_step, before)
+    changes = [
+        lambda: layer.weight.data.mul_(2),  # .data does not bump the version counter
+        lambda: layer.bias.data.add_(1),
+        lambda: layer.noise.masks.data.mul_(-1),
+        lambda: layer.noise.masks.copy_(torch.rand_like(layer.noise.masks)),
+        lambda: layer.noise.reset_parameters(torch.Generator().manual_seed(5)),
+        lambda: setattr(layer.noise, "level", 0.9),
+        lambda: layer.load_state_dict(PerturbConv2d(3, 6, 4, input_size=4).state_dict()),
+    ]
+    previous = after_step
+    for change in changes:
+        with torch.no_grad():
+            change()
+        now = check()
+        assert not torch.equal(now, previous)
+        previous = now
+
+
+def test_impl_argument_is_validated_everywhere():
+    with pytest.raises(ValueError, match="impl must be one of"):
+        PerturbConv2d(2, 4, 2, input_size=3, impl="fast")
+    with pytest.raises(TypeError, match="impl"):
+        PerturbConv2d(2, 4, 2, input_size=3, impl=None)
+    with pytest.raises(ValueError, match="impl"):
+        PerturbLayer(2, 4, filter_size=3, impl="cuda")
+    with pytest.raises(ValueError, match="impl"):
+        ModelConfig(impl="fastest")
+    assert "impl='eager'" in repr(PerturbConv2d(2, 4, 2, input_size=3, impl="eager"))
+    assert "impl" not in repr(PerturbConv2d(2, 4, 2, input_size=3))
+    assert PerturbLayer(2, 4, 2, input_size=3, impl="grouped")[0].impl == "grouped"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_builder_accepts_impl(name):
+    model = build_model(name, nfilters=4, impl="eager")
+    assert model.config.impl == "eager"
+    impls = {m.impl for m in model.modules() if isinstance(m, PerturbConv2d)}
+    assert impls <= {"eager"}
+
+
+def test_perturb_resnet18_impls_agree():
+    """A whole network: the same logits and gradients with impl 'grouped' and 'auto'."""
+    options = {"nfilters": 6, "nmasks": 3, "unique_masks": False, "input_size": 16}
+    grouped = build_model("perturb_resnet18", impl="grouped", **options)
+    fast = build_model("perturb_resnet18", impl="auto", **options)
+    fast.load_state_dict(grouped.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    results = []
+    for model in (grouped, fast):
+        out = model(x)
+        out.square().sum().backward()
+        results.append([out, *(p.grad for p in model.parameters())])
+    # Biases followed by BatchNorm have a gradient that is zero up to rounding: absolute floor.
+    assert_same(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_act", [False, True])
+def test_autocast_runs_the_fast_paths_in_the_autocast_dtype(use_act):
+    """Under CPU autocast the grouped path's conv2d gives bfloat16; so do the fast paths."""
+    torch.manual_seed(0)
+    layer = PerturbConv2d(4, 8, 3, input_size=5, level=0.3, use_act=use_act)
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    with torch.no_grad():
+        full = layer(x)
+    outs = {}
+    for impl in ("grouped", "eager"):
+        layer.impl = impl
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs[impl] = layer(x)
+        assert outs[impl].dtype == torch.bfloat16
+        torch.testing.assert_close(outs[impl].float(), full, atol=0.1, rtol=0.05)
+        outs[impl].float().sum().backward()
+        assert x.grad is not None and x.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize(("nmasks", "unique"), [(3, True), (3, False), (1, True), (1, False)])
+def test_linear_path_is_twice_differentiable(nmasks, unique):
+    gen = torch.Generator().manual_seed(0)
+    opts = {"dtype": torch.float64, "generator": gen}
+    x = torch.randn(2, 2, 3, 3, **opts).requires_grad_()
+    masks = torch.rand(2 if unique else 1, nmasks, 3, 3, **opts).requires_grad_()
+    out_channels = 4 if nmasks > 1 else 3
+    weight = torch.randn(out_channels, nmasks if nmasks > 1 else 2, 1, 1, **opts).requires_grad_()
+    bias = torch.randn(out_channels, **opts).requires_grad_()
+
+    def layer(*args):
+        return perturb_conv2d(*args, level=0.7, impl="eager")
+
+    assert torch.autograd.gradgradcheck(layer, (x, masks, weight, bias))
