@@ -47,6 +47,7 @@ from typing import Any, Optional
 from perturbnn.data import DataCorruptError, DataNotFoundError
 from perturbnn.distributed import destroy_distributed, is_main_process
 from perturbnn.experiments import EXPERIMENTS, get_experiment
+from perturbnn.functional import IMPLS
 from perturbnn.training import (
     CheckpointError,
     FitSummary,
@@ -70,6 +71,7 @@ _MACHINE_FIELDS = (
     "progress",
     "debug",
     "sync_bn",
+    "impl",
 )
 
 
@@ -141,6 +143,13 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
         action=boolean,
         default=defaults.mix_maps,
         help="extra 1x1 mixing convolution in perturbation layers",
+    )
+    add(
+        "--impl",
+        choices=sorted(IMPLS),
+        default=defaults.impl,
+        help="how perturbation layers compute (same results): auto (fastest exact path "
+        "without compilation), eager, compiled (torch.compile), grouped (literal formulation)",
     )
     add("--noise_type", default=defaults.noise_type, help="uniform or normal")
     add("--level", type=float, default=defaults.level, help="noise level")

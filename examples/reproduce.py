@@ -55,7 +55,16 @@ from perturbnn.training import CheckpointError, RunConfig, load_checkpoint, run_
 
 #: Fields of a run's configuration that describe the machine, not the experiment: a finished or
 #: interrupted run with other values for these still counts as the same run.
-_MACHINE_FIELDS = ("data_dir", "out_dir", "resume", "device", "num_workers", "progress", "debug")
+_MACHINE_FIELDS = (
+    "data_dir",
+    "out_dir",
+    "resume",
+    "device",
+    "num_workers",
+    "progress",
+    "debug",
+    "impl",
+)
 
 
 @dataclass(frozen=True)

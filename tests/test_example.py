@@ -183,3 +183,20 @@ def test_explicit_flags_override_the_preset() -> None:
     assert config.nepochs == RunConfig().nepochs  # seed default
     default = script.resolve_config(["--net-type", "lenet"])
     assert default.out_dir is not None and Path(default.out_dir).name.startswith("lenet-")
+
+
+def test_impl_flag_reaches_the_layers_and_is_validated() -> None:
+    """``--impl`` is parsed, validated and passed to every perturbation layer."""
+    from perturbnn import PerturbConv2d, build_model
+    from perturbnn.training import RunConfig
+
+    module = load_script()
+    assert module.build_parser().parse_args(["--impl", "grouped"]).impl == "grouped"
+    with pytest.raises(SystemExit):
+        module.build_parser().parse_args(["--impl", "fast"])
+    config = RunConfig(net_type="lenet", nfilters=4, impl="compiled")
+    model = build_model("lenet", **config.model_config(in_channels=3, input_size=32, nclasses=10))
+    layers = [m for m in model.modules() if isinstance(m, PerturbConv2d)]
+    assert layers and all(layer.impl == "compiled" for layer in layers)
+    with pytest.raises(ValueError, match="impl"):
+        RunConfig(impl="fast")

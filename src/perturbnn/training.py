@@ -64,8 +64,10 @@ from perturbnn._outdir import (
     estimate_checkpoint_bytes,
 )
 from perturbnn._signals import StopOnSignal, TrainingInterrupted
+from perturbnn._validation import check_choice
 from perturbnn._version import __version__
 from perturbnn.experiments import Experiment, get_experiment
+from perturbnn.functional import IMPLS
 from perturbnn.metrics import ExactAccuracy, OriginalSmoothedAccuracy
 
 __all__ = [
@@ -1261,6 +1263,9 @@ class RunConfig:
         nfilters, nmasks, level, filter_size, first_filter_size, scale_noise, act, use_act,
             pool_type, dropout, unique_masks, train_masks, noise_type, mix_maps: model options
             (see :func:`perturbnn.build_model`).
+        impl: how perturbation layers compute (``"auto"``, ``"eager"``, ``"compiled"``,
+            ``"grouped"``; the same results, see ``docs/performance.md``). Not part of
+            :data:`RESUME_FIELDS`: a run may resume with another ``impl``.
         batch_size, learning_rate, nepochs, optim_method, weight_decay, momentum,
             manual_seed: training options.
         train_subset, test_subset: use only the first N samples (``None``: all).
@@ -1298,6 +1303,7 @@ class RunConfig:
     train_masks: bool = False
     noise_type: str = "uniform"
     mix_maps: bool = False
+    impl: str = "auto"
     batch_size: int = 64
     learning_rate: float = 1e-4
     nepochs: int = 150
@@ -1338,6 +1344,7 @@ class RunConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number, got {value}")
+        check_choice("impl", self.impl, IMPLS)
         object.__setattr__(self, "optim_method", _canonical_optimizer(self.optim_method))
         if self.experiment is not None:
             get_experiment(self.experiment)
@@ -1400,7 +1407,9 @@ class RunConfig:
         options = {
             name: getattr(self, name) for name in MODEL_OPTIONS if getattr(self, name) is not None
         }
-        options.update(in_channels=in_channels, input_size=input_size, nclasses=nclasses)
+        options.update(
+            in_channels=in_channels, input_size=input_size, nclasses=nclasses, impl=self.impl
+        )
         return options
 
 
