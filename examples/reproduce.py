@@ -399,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", default="docs/reproduction.md", help="markdown to write")
     parser.add_argument("--img-dir", default="docs/img", help="where the PNG plots go")
     parser.add_argument(
+        "--gpu-runs",
+        default="docs/data/gpu_h200_runs.json",
+        help="JSON of short seed-width GPU runs to add to the report if the file exists ('' for none)",
+    )
+    parser.add_argument(
         "--only",
         nargs="+",
         metavar="NAME",
@@ -602,7 +607,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
 
     try:
-        report = build_report(out_dir, args.report, args.img_dir, metric_run=args.metric_run)
+        gpu_runs = Path(args.gpu_runs) if args.gpu_runs else None
+        report = build_report(
+            out_dir,
+            args.report,
+            args.img_dir,
+            metric_run=args.metric_run,
+            gpu_runs=gpu_runs if gpu_runs is not None and gpu_runs.is_file() else None,
+        )
     except (FileNotFoundError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

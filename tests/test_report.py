@@ -533,3 +533,38 @@ def test_end_to_end_on_real_cifar10(tmp_path: Path, script: ModuleType, data_dir
     assert cells[5] == f"{100 * summary['original_best_acc']:.2f}%, epoch 1"
     assert cells[8] == "width 6, 1 epochs, train 40 / test 30, batch 10, cpu"
     assert (tmp_path / "img" / "repro_baseline.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_gpu_runs_section_carries_the_recorded_numbers(tmp_path: Path) -> None:
+    from perturbnn.report import gpu_runs_section
+
+    path = tmp_path / "gpu.json"
+    run = {
+        "epochs": 3,
+        "best_acc": 0.4888,
+        "original_best_acc": 0.595,
+        "parameters": 5284982,
+        "mask_values": 0,
+        "nfilters": 44,
+        "batch_size": 10,
+        "wall_s": 44.4,
+    }
+    path.write_text(
+        json.dumps(
+            {
+                "description": "d",
+                "device": "X",
+                "train_images": 10000,
+                "test_images": 10000,
+                "runs": {"baseline": run},
+            }
+        )
+    )
+    text = "\n".join(gpu_runs_section(path))
+    assert (
+        "| 1 | `baseline` | 3 | 44 | 10 | 48.88% | 59.50% | +10.62 | 5,284,982 | 0 | 91.80% |"
+        in text
+    )
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="not a GPU-runs file"):
+        gpu_runs_section(path)
