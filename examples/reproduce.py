@@ -28,8 +28,8 @@ Examples (from the repository root)::
     python examples/reproduce.py --scale full --data-dir ../shared/data --out-dir runs/full \\
         --report docs/reproduction-full.md --img-dir docs/img/full
     python examples/reproduce.py --only baseline pnn-fanout64-shared --nepochs 1 \\
-        --train-subset 64 --test-subset 50 --out-dir /tmp/repro --report /tmp/repro/report.md \\
-        --img-dir /tmp/repro/img --data-dir ../shared/data
+        --train-subset 64 --test-subset 50 --out-dir runs/tiny --report runs/tiny/report.md \\
+        --img-dir runs/tiny/img --data-dir ../shared/data
 """
 
 from __future__ import annotations
