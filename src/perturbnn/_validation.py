@@ -9,9 +9,12 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Iterable
-from typing import Union
+from typing import Optional, Union
+
+import torch
 
 __all__ = [
+    "check_batch",
     "check_bool",
     "check_choice",
     "check_level",
@@ -101,3 +104,49 @@ def check_size(name: str, value: object) -> tuple[int, int]:
     raise TypeError(
         f"{name} must be an int or a (height, width) pair of ints, got {type(value).__name__} {value!r}"
     )
+
+
+def check_batch(
+    x: object,
+    *,
+    channels: Optional[int] = None,
+    size: Optional[tuple[int, int]] = None,
+    size_name: str = "input_size",
+    device: Optional[torch.device] = None,
+    device_name: str = "the module",
+    hint: str = "",
+) -> None:
+    """Check an image batch ``Tensor[batch_size, channels, height, width]`` before a layer uses it.
+
+    Args:
+        x: the input.
+        channels: the channel count it must have (``None``: any).
+        size: the ``(height, width)`` it must have (``None``: any), named ``size_name`` in the
+            message.
+        device: the device it must be on (``None``: any), named ``device_name``.
+        hint: appended to the channel-count message.
+
+    Raises:
+        TypeError: if ``x`` is not a floating-point tensor.
+        ValueError: on a wrong number of dimensions, channel count, spatial size or device.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(
+            "input must be 4-D Tensor[batch_size, channels, height, width], "
+            f"got {x.dim()}-D with shape {tuple(x.shape)}"
+        )
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"input must have {channels} channels, got {x.shape[1]}{hint}")
+    if size is not None and tuple(x.shape[2:]) != tuple(size):
+        raise ValueError(
+            f"input spatial size must equal {size_name} = {tuple(size)}, got {tuple(x.shape[2:])}"
+        )
+    if device is not None and x.device != device:
+        raise ValueError(
+            f"input is on {x.device} but {device_name} is on {device}; move the module with "
+            ".to(device) or the input to that device"
+        )

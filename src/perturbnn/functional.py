@@ -17,7 +17,7 @@ from perturbnn._fast_activation import pointwise_activation
 from perturbnn._fast_chunked import perturb_act_conv2d_chunked
 from perturbnn._fast_compiled import perturb_act_conv2d_compiled
 from perturbnn._fast_linear import perturb_conv2d_linear
-from perturbnn._validation import check_choice
+from perturbnn._validation import check_batch, check_choice
 
 __all__ = ["IMPLS", "check_perturb_input", "perturb", "perturb_conv2d", "resolve_impl"]
 
@@ -42,28 +42,15 @@ def check_perturb_input(x: Tensor, masks: Tensor) -> None:
             for, a spatial size different from the masks', or a device different from the
             masks' (the message says which).
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(
-            "input must be 4-D Tensor[batch_size, channels, height, width], "
-            f"got {x.dim()}-D with shape {tuple(x.shape)}"
-        )
     mask_channels, _, height, width = masks.shape
-    if mask_channels != 1 and x.shape[1] != mask_channels:
-        raise ValueError(f"input must have {mask_channels} channels, got {x.shape[1]}")
-    if tuple(x.shape[2:]) != (height, width):
-        raise ValueError(
-            f"input spatial size must equal the masks' (height, width) = ({height}, {width}), "
-            f"got {tuple(x.shape[2:])}"
-        )
-    if x.device != masks.device:
-        raise ValueError(
-            f"input is on {x.device} but the noise masks are on {masks.device}; "
-            "move the module with .to(device) or the input to the masks' device"
-        )
+    check_batch(
+        x,
+        channels=None if mask_channels == 1 else mask_channels,
+        size=(height, width),
+        size_name="the masks' (height, width)",
+        device=masks.device,
+        device_name="the noise masks",
+    )
 
 
 def perturb(x: Tensor, masks: Tensor, level: float) -> Tensor:

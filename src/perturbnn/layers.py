@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from perturbnn import functional as PF
 from perturbnn._validation import (
     SizeLike,
+    check_batch,
     check_bool,
     check_choice,
     check_level,
@@ -481,20 +482,7 @@ class PerturbLayer(nn.Sequential):
                 spatial size (when ``input_size`` was given).
         """
         if self.filter_size > 0:
-            _check_conv_input(x, self.in_channels, self.input_size)
+            check_batch(x, channels=self.in_channels, size=self.input_size)
         out: Tensor = super().forward(x)  # type: ignore[no-untyped-call]
         return out
 
-
-def _check_conv_input(x: Tensor, channels: int, size: Optional[tuple[int, int]]) -> None:
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"input must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    if x.dim() != 4:
-        raise ValueError(
-            "input must be 4-D Tensor[batch_size, channels, height, width], "
-            f"got {x.dim()}-D with shape {tuple(x.shape)}"
-        )
-    if x.shape[1] != channels:
-        raise ValueError(f"input must have {channels} channels, got {x.shape[1]}")
-    if size is not None and tuple(x.shape[2:]) != size:
-        raise ValueError(f"input spatial size must equal input_size = {size}, got {tuple(x.shape[2:])}")

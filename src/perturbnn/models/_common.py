@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from perturbnn._validation import check_batch
 from perturbnn.layers import PerturbLayer, conv_output_size
 from perturbnn.models._config import ModelConfig
 
@@ -69,25 +70,13 @@ def check_model_input(x: Tensor, config: ModelConfig, reference: Tensor) -> None
         TypeError: if ``x`` is not a floating-point tensor.
         ValueError: on a wrong number of dimensions, channel count, spatial size or device.
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(
-            "input must be 4-D Tensor[batch_size, in_channels, height, width], "
-            f"got {x.dim()}-D with shape {tuple(x.shape)}"
-        )
-    if x.shape[1] != config.in_channels:
-        raise ValueError(
-            f"input must have in_channels={config.in_channels} channels, got {x.shape[1]} "
-            "(build the model with the data set's in_channels)"
-        )
-    size = config.input_size
-    if tuple(x.shape[2:]) != (size, size):
-        raise ValueError(
-            f"input spatial size must be (input_size, input_size) = ({size}, {size}), "
-            f"got {tuple(x.shape[2:])}"
-        )
-    if x.device != reference.device:
-        raise ValueError(f"input is on {x.device} but the model is on {reference.device}")
+    check_batch(
+        x,
+        channels=config.in_channels,
+        size=(config.input_size, config.input_size),
+        size_name="(input_size, input_size)",
+        device=reference.device,
+        device_name="the model",
+        hint=f" (the model was built with in_channels={config.in_channels}; build it with the "
+        "data set's channels)",
+    )
