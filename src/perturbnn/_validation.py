@@ -147,6 +147,6 @@ def check_batch(
         )
     if device is not None and x.device != device:
         raise ValueError(
-            f"input is on {x.device} but {device_name} is on {device}; move the module with "
-            ".to(device) or the input to that device"
+            f"input is on {x.device}, a different device from {device_name} ({device}); move "
+            "the module with .to(device) or the input to that device"
         )
