@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from perturbnn import ACTIVATIONS, list_models
 from perturbnn.data import DataCorruptError, DataNotFoundError
 from perturbnn.distributed import destroy_distributed, is_main_process
 from perturbnn.experiments import EXPERIMENTS, get_experiment
@@ -106,7 +107,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
         help="print the presets with their seed command and reported accuracy, then exit",
     )
     # The seed's flags, spelled as in its main.py.
-    add("--net-type", default=defaults.net_type, help="model name")
+    add("--net-type", default=defaults.net_type, choices=list_models(), help="model name")
     add("--dataset-train", default=defaults.dataset_train, help="training data set")
     add("--dataset-test", default=defaults.dataset_test, help="test data set")
     add("--nfilters", type=int, default=defaults.nfilters, help="width of the first stage")
@@ -160,7 +161,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
         help="factor on the noise level of the first layer",
     )
     add("--pool_type", default=defaults.pool_type, help="max or avg")
-    add("--act", default=defaults.act, help="activation function")
+    add("--act", default=defaults.act, choices=sorted(ACTIVATIONS), help="activation function")
     add(
         "--use_act",
         action=boolean,
@@ -323,6 +324,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             destroy_distributed()
 
 
+def _first_missing(folder: Path) -> Optional[Path]:
+    """The outermost folder of ``folder``'s path that does not exist yet, if any."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing = path
+    return missing
+
+
+def _remove_if_empty(top: Optional[Path]) -> None:
+    """Remove the folders this run created (``top`` and below) if a failure left them empty."""
+    if top is None or not top.is_dir():
+        return
+    for path in sorted((p for p in top.rglob("*") if p.is_dir()), reverse=True):
+        if not any(path.iterdir()):
+            path.rmdir()
+    if not any(top.iterdir()):
+        top.rmdir()
+
+
 def _main(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(argv)
     if args.list_experiments:
@@ -331,10 +353,12 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
     configure_logging()
 
+    created: Optional[Path] = None  # an output folder this run made, removed if left empty
     try:
         config = resolve_config(argv)
         print_config(config)
         if config.out_dir is not None:
+            created = _first_missing(Path(config.out_dir))
             check_out_dir(config.out_dir)  # unwritable: fail before loading anything
         run = prepare_run(config)
     except (
@@ -347,9 +371,11 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         TypeError,
     ) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
+        _remove_if_empty(created)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted before training started; nothing to save", file=sys.stderr)
+        _remove_if_empty(created)
         return 130
     print(
         f"model: {config.net_type} with {run.parameters:,} parameters and "

@@ -200,3 +200,39 @@ def test_impl_flag_reaches_the_layers_and_is_validated() -> None:
     assert layers and all(layer.impl == "compiled" for layer in layers)
     with pytest.raises(ValueError, match="impl"):
         RunConfig(impl="fast")
+
+
+def test_failed_start_leaves_no_empty_output_folder(tmp_path: Path) -> None:
+    """A run refused before training removes the output folder it created."""
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--data-dir",
+            str(tmp_path / "nodata"),
+            "--out-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "not found" in result.stderr
+    assert not out.exists()
+
+
+def test_bad_names_fail_before_the_configuration_is_printed() -> None:
+    module = load_script()
+    with pytest.raises(SystemExit):
+        module.build_parser().parse_args(["--net-type", "resnt18"])
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--noise_type", "gauss"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stdout.strip() == ""
+    assert "noise_type must be one of ['normal', 'uniform'], got 'gauss'" in result.stderr

@@ -66,9 +66,14 @@ from perturbnn._outdir import (
 from perturbnn._signals import StopOnSignal, TrainingInterrupted
 from perturbnn._validation import check_choice
 from perturbnn._version import __version__
+from perturbnn.activations import ACTIVATIONS
+from perturbnn.data import dataset_info
 from perturbnn.experiments import Experiment, get_experiment
 from perturbnn.functional import IMPLS
+from perturbnn.layers import NOISE_TYPES
 from perturbnn.metrics import ExactAccuracy, OriginalSmoothedAccuracy
+from perturbnn.models import POOL_TYPES
+from perturbnn.models._registry import check_model_name
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -1268,7 +1273,8 @@ class RunConfig:
             :data:`RESUME_FIELDS`: a run may resume with another ``impl``.
         batch_size, learning_rate, nepochs, optim_method, weight_decay, momentum,
             manual_seed: training options.
-        train_subset, test_subset: use only the first N samples (``None``: all).
+        train_subset, test_subset: use a deterministic, class-balanced subset of N samples
+            (``None``: all).
         out_dir: where to write logs and checkpoints (``None``: nothing is written).
         resume: checkpoint to continue from.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -1345,6 +1351,13 @@ class RunConfig:
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number, got {value}")
         check_choice("impl", self.impl, IMPLS)
+        # Names are checked here, before any data is looked for or a line is printed.
+        check_model_name(self.net_type)
+        check_choice("act", self.act, ACTIVATIONS)
+        check_choice("noise_type", self.noise_type, NOISE_TYPES)
+        check_choice("pool_type", self.pool_type, POOL_TYPES)
+        dataset_info(self.dataset_train)
+        dataset_info(self.dataset_test)
         object.__setattr__(self, "optim_method", _canonical_optimizer(self.optim_method))
         if self.experiment is not None:
             get_experiment(self.experiment)

@@ -11,7 +11,7 @@ from typing import Any, Callable, TypeVar
 
 from torch import nn
 
-__all__ = ["build_model", "list_models", "register_model"]
+__all__ = ["build_model", "check_model_name", "list_models", "register_model"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -63,10 +63,20 @@ def build_model(name: str, **config: Any) -> nn.Module:
         >>> build_model("lenet", nfilters=8)(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
+    return _MODELS[check_model_name(name)](**config)
+
+
+def check_model_name(name: object) -> str:
+    """Return ``name`` if it is a registered model name.
+
+    Raises:
+        TypeError: if ``name`` is not a string.
+        ValueError: if it is unknown; the message lists close matches and all names.
+    """
     if not isinstance(name, str):
         raise TypeError(f"name must be a model name string, got {type(name).__name__} {name!r}")
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.4)
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
         raise ValueError(f"unknown model name {name!r}{hint}; valid names: {list_models()}")
-    return _MODELS[name](**config)
+    return name
