@@ -20,9 +20,7 @@ junk = st.sampled_from([None, 1.5, "4", [2], True, -1, 0, float("nan"), "gelu", 
 
 def mostly(valid: st.SearchStrategy) -> st.SearchStrategy:
     """A valid value nine times in ten, else junk of another type or out of range."""
-    return st.sampled_from([True] * 9 + [False]).flatmap(
-        lambda ok: valid if ok else junk
-    )
+    return st.sampled_from([True] * 9 + [False]).flatmap(lambda ok: valid if ok else junk)
 
 
 counts = mostly(st.integers(1, 4))
@@ -200,7 +198,9 @@ def test_perturb_layer(
         assert_named(error, arguments)
         return
     event("constructed")
-    shape, out = run_forward(module.eval(), in_channels, 5 if input_size is None else input_size, 2, data)
+    shape, out = run_forward(
+        module.eval(), in_channels, 5 if input_size is None else input_size, 2, data
+    )
     event("forward ok" if out is not None else "forward rejected")
     if out is not None:
         height, width = shape[2:]

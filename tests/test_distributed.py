@@ -415,7 +415,9 @@ def test_only_rank_0_writes_and_padding_samplers_are_refused(worker: dict[str, A
 
 @needs_cifar10
 @pytest.mark.slow
-def test_a_stop_or_nan_on_one_rank_stops_every_rank_at_the_same_step(worker: dict[str, Any]) -> None:
+def test_a_stop_or_nan_on_one_rank_stops_every_rank_at_the_same_step(
+    worker: dict[str, Any],
+) -> None:
     (kind0, message0), (kind1, message1) = worker["stop"]
     assert kind0 == kind1 == "TrainingInterrupted"
     assert "after step 0" in message0 and "after step 0" in message1

@@ -485,4 +485,3 @@ class PerturbLayer(nn.Sequential):
             check_batch(x, channels=self.in_channels, size=self.input_size)
         out: Tensor = super().forward(x)  # type: ignore[no-untyped-call]
         return out
-

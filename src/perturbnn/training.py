@@ -978,8 +978,7 @@ def _stopped_by_signal(
     checkpoint = directory / "checkpoint_last.pt" if directory is not None else None
     if checkpoint is not None:
         where = (
-            f"{checkpoint} holds epoch {completed}; --resume continues with epoch "
-            f"{completed + 1}"
+            f"{checkpoint} holds epoch {completed}; --resume continues with epoch {completed + 1}"
         )
     else:
         where = f"{completed} epoch(s) completed, nothing saved (no out_dir)"
