@@ -58,6 +58,7 @@ from perturbnn.training import (
     check_out_dir,
     default_out_dir,
     load_checkpoint,
+    log_to_stdout,
     prepare_run,
 )
 
@@ -297,17 +298,6 @@ def print_result(summary: FitSummary, config: RunConfig) -> None:
     print(f"files in {summary.out_dir}")
 
 
-def configure_logging() -> None:
-    """Send the library's INFO lines (epochs, debug values) to stdout, once per process."""
-    package_logger = logging.getLogger("perturbnn")
-    if not any(getattr(h, "_cifar10_repro", False) for h in package_logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._cifar10_repro = True  # type: ignore[attr-defined]
-        package_logger.addHandler(handler)
-    package_logger.setLevel(logging.INFO)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return the exit status.
 
@@ -351,7 +341,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         print_experiments()
         return 0
 
-    configure_logging()
+    log_to_stdout()
 
     created: Optional[Path] = None  # an output folder this run made, removed if left empty
     try:

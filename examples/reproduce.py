@@ -51,7 +51,13 @@ from typing import Any, Optional
 from perturbnn.data import DataCorruptError, DataNotFoundError
 from perturbnn.experiments import EXPERIMENTS, list_experiments
 from perturbnn.report import SUMMARY_FILE, build_report, format_duration
-from perturbnn.training import CheckpointError, RunConfig, load_checkpoint, run_experiment
+from perturbnn.training import (
+    CheckpointError,
+    RunConfig,
+    load_checkpoint,
+    log_to_stdout,
+    run_experiment,
+)
 
 #: Fields of a run's configuration that describe the machine, not the experiment: a finished or
 #: interrupted run with other values for these still counts as the same run.
@@ -352,17 +358,6 @@ def estimate_costs(
     return costs
 
 
-def configure_logging() -> None:
-    """Send the library's epoch lines to stdout, once per process."""
-    package_logger = logging.getLogger("perturbnn")
-    if not any(getattr(h, "_reproduce", False) for h in package_logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._reproduce = True  # type: ignore[attr-defined]
-        package_logger.addHandler(handler)
-    package_logger.setLevel(logging.INFO)
-
-
 def _subset_arg(text: str) -> Optional[int]:
     if text.lower() == "all":
         return None
@@ -592,7 +587,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("warning: the predicted total is over one hour", file=sys.stderr)
         budget = {name: _rounded(predict_seconds(name, scale)) for name in names}
         _write_manifest(out_dir, scale, arguments, budget)
-        configure_logging()
+        log_to_stdout()
         try:
             status = train_all(names, scale, args, out_dir)
         except KeyboardInterrupt:

@@ -42,6 +42,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,7 @@ __all__ = [
     "evaluate",
     "fit",
     "load_checkpoint",
+    "log_to_stdout",
     "make_optimizer",
     "make_scheduler",
     "prepare_run",
@@ -170,6 +172,24 @@ class CheckpointError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Seeds, devices, optimizers, schedules
 # --------------------------------------------------------------------------------------------
+
+
+def log_to_stdout(level: int = logging.INFO) -> None:
+    """Print the ``perturbnn`` loggers' lines (epoch lines, debug values) to stdout, bare.
+
+    For scripts: adds one plain ``StreamHandler`` to the ``perturbnn`` logger (once per
+    process, however often it is called) and sets its level.
+
+    Args:
+        level (int): the logging level of the ``perturbnn`` logger. Default: ``logging.INFO``.
+    """
+    package_logger = logging.getLogger("perturbnn")
+    if not any(getattr(h, "_perturbnn_stdout", False) for h in package_logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._perturbnn_stdout = True  # type: ignore[attr-defined]
+        package_logger.addHandler(handler)
+    package_logger.setLevel(level)
 
 
 def set_seed(seed: int) -> None:
