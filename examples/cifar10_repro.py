@@ -50,6 +50,7 @@ from perturbnn.distributed import destroy_distributed, is_main_process
 from perturbnn.experiments import EXPERIMENTS, get_experiment
 from perturbnn.functional import IMPLS
 from perturbnn.training import (
+    MACHINE_FIELDS,
     CheckpointError,
     FitSummary,
     OutDirError,
@@ -60,20 +61,6 @@ from perturbnn.training import (
     load_checkpoint,
     log_to_stdout,
     prepare_run,
-)
-
-#: Fields of a resumed checkpoint's configuration that describe the machine, not the run:
-#: they come from this command line (or its defaults), never from the checkpoint.
-_MACHINE_FIELDS = (
-    "data_dir",
-    "out_dir",
-    "resume",
-    "device",
-    "num_workers",
-    "progress",
-    "debug",
-    "sync_bn",
-    "impl",
 )
 
 
@@ -253,7 +240,7 @@ def resolve_config(argv: Optional[Sequence[str]]) -> RunConfig:
     if resume is not None:
         saved = load_checkpoint(resume)["config"]
         fields = RunConfig.__dataclass_fields__
-        values.update({k: v for k, v in saved.items() if k in fields and k not in _MACHINE_FIELDS})
+        values.update({k: v for k, v in saved.items() if k in fields and k not in MACHINE_FIELDS})
         if explicit.get("out_dir") is None:
             explicit["out_dir"] = str(Path(resume).parent)
     if explicit.get("experiment") is not None:

@@ -52,24 +52,12 @@ from perturbnn.data import DataCorruptError, DataNotFoundError
 from perturbnn.experiments import EXPERIMENTS, list_experiments
 from perturbnn.report import SUMMARY_FILE, build_report, format_duration
 from perturbnn.training import (
+    MACHINE_FIELDS,
     CheckpointError,
     RunConfig,
     load_checkpoint,
     log_to_stdout,
     run_experiment,
-)
-
-#: Fields of a run's configuration that describe the machine, not the experiment: a finished or
-#: interrupted run with other values for these still counts as the same run.
-_MACHINE_FIELDS = (
-    "data_dir",
-    "out_dir",
-    "resume",
-    "device",
-    "num_workers",
-    "progress",
-    "debug",
-    "impl",
 )
 
 
@@ -273,7 +261,7 @@ def make_config(
 
 
 def _experiment_fields(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in dict(config).items() if k not in _MACHINE_FIELDS}
+    return {k: v for k, v in dict(config).items() if k not in MACHINE_FIELDS}
 
 
 def _plain(config: RunConfig) -> dict[str, Any]:

@@ -81,6 +81,7 @@ __all__ = [
     "HISTORY_KEYS",
     "LR_DECAY",
     "LR_MILESTONES",
+    "MACHINE_FIELDS",
     "MODEL_OPTIONS",
     "OPTIMIZERS",
     "RESUME_FIELDS",
@@ -1528,6 +1529,20 @@ def _sized(loader: DataLoader[Any]) -> Optional[int]:
 
 #: :class:`RunConfig` fields a resumed run must share with its checkpoint: the model, the
 #: shape of its data and the optimizer.
+#: Fields of :class:`RunConfig` that describe the machine or the way a run executes, not the
+#: experiment: a run resumed or compared with other values for these is still the same run.
+MACHINE_FIELDS: tuple[str, ...] = (
+    "data_dir",
+    "out_dir",
+    "resume",
+    "device",
+    "num_workers",
+    "progress",
+    "debug",
+    "sync_bn",
+    "impl",
+)
+
 RESUME_FIELDS: tuple[str, ...] = ("net_type", "dataset_train", *MODEL_OPTIONS, "optim_method")
 
 
