@@ -1,6 +1,6 @@
 """Reproduce the PNN CIFAR-10 experiments, reporting the exact and the original-method accuracy.
 
-A thin front end over :mod:`perturbnn.training`: it parses the seed's ``main.py`` flags (same
+A thin front end over :mod:`perturbnn.repro.training`: it parses the seed's ``main.py`` flags (same
 spelling, same defaults), optionally applies one of the eight presets of the reproduction
 notes, and calls the library. Flags given explicitly on the command line override the preset.
 
@@ -45,11 +45,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from perturbnn import ACTIVATIONS, list_models
-from perturbnn.data import DataCorruptError, DataNotFoundError
-from perturbnn.distributed import destroy_distributed, is_main_process
-from perturbnn.experiments import EXPERIMENTS, get_experiment
 from perturbnn.functional import IMPLS
-from perturbnn.training import (
+from perturbnn.repro.data import DataCorruptError, DataNotFoundError
+from perturbnn.repro.distributed import destroy_distributed, is_main_process
+from perturbnn.repro.experiments import EXPERIMENTS, get_experiment
+from perturbnn.repro.training import (
     MACHINE_FIELDS,
     CheckpointError,
     FitSummary,
@@ -367,7 +367,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             f"{config.batch_size} per process, {world * config.batch_size} per step"
         )
     try:
-        summary = run.fit(logger=logging.getLogger("perturbnn.training"))
+        summary = run.fit(logger=logging.getLogger("perturbnn.repro.training"))
     except TrainingInterrupted as exc:  # SIGINT or SIGTERM: the last completed epoch is saved
         print(
             f"\ninterrupted by {exc.signal_name} after {exc.epochs_completed} completed "

@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from perturbnn import build_model, count_mask_values, count_parameters
-from perturbnn.data import ArrayImageDataset, build_transform
-from perturbnn.training import RunConfig, fit, make_optimizer, make_scheduler, set_seed
+from perturbnn.repro.data import ArrayImageDataset, build_transform
+from perturbnn.repro.training import RunConfig, fit, make_optimizer, make_scheduler, set_seed
 
 out = Path(sys.argv[1])
 budget = float(sys.argv[2])

@@ -21,13 +21,13 @@ from torch import nn
 from perturbnn import (
     PerturbConv2d,
     PerturbLayer,
-    _fast_chunked,
-    _fast_compiled,
     build_model,
     list_models,
 )
 from perturbnn.activations import ACTIVATIONS, make_activation
 from perturbnn.functional import IMPLS, perturb_conv2d, resolve_impl
+from perturbnn.kernels import chunked as _fast_chunked
+from perturbnn.kernels import compiled as _fast_compiled
 from perturbnn.models import ModelConfig
 
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from perturbnn._fast_activation import pointwise_activation
-from perturbnn._fast_chunked import perturb_act_conv2d_chunked
-from perturbnn._fast_compiled import perturb_act_conv2d_compiled
-from perturbnn._fast_linear import perturb_conv2d_linear
 from perturbnn._validation import check_batch, check_choice
+from perturbnn.kernels.activation import pointwise_activation
+from perturbnn.kernels.chunked import perturb_act_conv2d_chunked
+from perturbnn.kernels.compiled import perturb_act_conv2d_compiled
+from perturbnn.kernels.linear import perturb_conv2d_linear
 
 __all__ = ["IMPLS", "check_perturb_input", "perturb", "perturb_conv2d", "resolve_impl"]
 
@@ -157,12 +157,12 @@ def perturb_conv2d(
     - ``"eager"`` / ``"auto"``: without activation, the layer is linear in ``x``: a per-channel
       scaling of ``x`` by the weights summed over each channel's masks (a dense 1x1 convolution
       when ``nmasks == 1``) plus a fixed bias map, the 1x1 convolution of ``level * masks``
-      (:mod:`perturbnn._fast_linear`). With an activation, the masks are processed in cache-sized
+      (:mod:`perturbnn.kernels.linear`). With an activation, the masks are processed in cache-sized
       blocks and recomputed in backward, so only the inputs are kept
-      (:mod:`perturbnn._fast_chunked`); not differentiable twice.
+      (:mod:`perturbnn.kernels.chunked`); not differentiable twice.
     - ``"compiled"``: with an activation, ``torch.compile`` fuses perturbation, activation and
       the per-group sum into one kernel with a recomputing backward
-      (:mod:`perturbnn._fast_compiled`); the first call per shape compiles (seconds); not
+      (:mod:`perturbnn.kernels.compiled`); the first call per shape compiles (seconds); not
       differentiable twice. Where compilation is unavailable it warns once and uses
       ``"eager"``. Without activation it is ``"eager"``'s algebraic form.
 

@@ -1,6 +1,6 @@
 """Which activations the fast PNN paths may apply piece by piece, and how.
 
-The fast paths with an activation (:mod:`perturbnn._fast_chunked`, :mod:`perturbnn._fast_compiled`)
+The fast paths with an activation (:mod:`perturbnn.kernels.chunked`, :mod:`perturbnn.kernels.compiled`)
 never build the whole perturbed tensor: they apply the activation to slices of it, and apply it
 again in the backward pass. That is exact only for a deterministic, element-wise activation, so
 this module recognises those (by exact type, so that a subclass with another ``forward`` is not

@@ -1,7 +1,7 @@
-"""Tests of :mod:`perturbnn.distributed`: samplers, wrapping, and two real gloo processes.
+"""Tests of :mod:`perturbnn.repro.distributed`: samplers, wrapping, and two real gloo processes.
 
 The unit tests need no process group. The two-process tests start ``torchrun`` twice (the
-example script, and ``tests/distributed_worker.py``) with two gloo processes on the CPU, on
+example script, and ``tests/repro/distributed_worker.py``) with two gloo processes on the CPU, on
 64 training and 49 test images of the real CIFAR-10 (49 is not a multiple of 2 x 8, so the
 shards hold 24 and 25 images, in 3 and 4 batches). Each launch takes about 15-30 s on two
 cores and is killed after 300 s.
@@ -28,7 +28,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from conftest import shared_data_dir
 from perturbnn import build_model
-from perturbnn.distributed import (
+from perturbnn.metrics import OriginalSmoothedAccuracy
+from perturbnn.repro.distributed import (
     DistributedContext,
     ShardSampler,
     check_masks_match,
@@ -44,8 +45,7 @@ from perturbnn.distributed import (
     uses_sharded_evaluation,
     wrap_model,
 )
-from perturbnn.metrics import OriginalSmoothedAccuracy
-from perturbnn.training import (
+from perturbnn.repro.training import (
     RunConfig,
     evaluate,
     load_checkpoint,
@@ -55,9 +55,9 @@ from perturbnn.training import (
     save_checkpoint,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "cifar10_repro.py"
-WORKER = REPO / "tests" / "distributed_worker.py"
+WORKER = REPO / "tests" / "repro" / "distributed_worker.py"
 DATA_DIR = shared_data_dir()
 TIMEOUT_S = 300
 SMALL = {

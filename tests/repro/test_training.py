@@ -21,10 +21,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from perturbnn import NoiseMask, PerturbConv2d
-from perturbnn import training as T
-from perturbnn.debug import attach_debug_hooks
 from perturbnn.metrics import OriginalSmoothedAccuracy
-from perturbnn.training import (
+from perturbnn.repro import training as T
+from perturbnn.repro.debug import attach_debug_hooks
+from perturbnn.repro.training import (
     HISTORY_KEYS,
     CheckpointError,
     RunConfig,
@@ -471,9 +471,9 @@ def test_debug_hooks_log_input_noise_output(caplog: pytest.LogCaptureFixture) ->
     handles = attach_debug_hooks(model, max_values=3)
     assert len(handles) == 1
     x = torch.arange(48, dtype=torch.float32).view(1, 3, 4, 4)
-    with caplog.at_level(logging.DEBUG, logger="perturbnn.debug"):
+    with caplog.at_level(logging.DEBUG, logger="perturbnn.repro.debug"):
         model(x)
-    records = [r for r in caplog.records if r.name == "perturbnn.debug"]
+    records = [r for r in caplog.records if r.name == "perturbnn.repro.debug"]
     assert len(records) == 1
     message = records[0].getMessage()
     noise = (0.5 * model[0].masks).flatten()[:3].tolist()
@@ -489,9 +489,9 @@ def test_debug_hooks_log_input_noise_output(caplog: pytest.LogCaptureFixture) ->
     for handle in handles:
         handle.remove()
     caplog.clear()
-    with caplog.at_level(logging.DEBUG, logger="perturbnn.debug"):
+    with caplog.at_level(logging.DEBUG, logger="perturbnn.repro.debug"):
         model(x)
-    assert not [r for r in caplog.records if r.name == "perturbnn.debug"]
+    assert not [r for r in caplog.records if r.name == "perturbnn.repro.debug"]
 
 
 def test_debug_hooks_on_fused_perturb_conv(caplog: pytest.LogCaptureFixture) -> None:
@@ -505,10 +505,10 @@ def test_debug_hooks_on_fused_perturb_conv(caplog: pytest.LogCaptureFixture) -> 
     handles = attach_debug_hooks(model, max_values=3, level=logging.INFO)
     assert len(handles) == 2
     x = torch.randn(2, 3, 4, 4)
-    with caplog.at_level(logging.INFO, logger="perturbnn.debug"):
+    with caplog.at_level(logging.INFO, logger="perturbnn.repro.debug"):
         model(x)
         model(x)
-    messages = [r.getMessage() for r in caplog.records if r.name == "perturbnn.debug"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "perturbnn.repro.debug"]
     assert [m.split(":")[0] for m in messages] == ["0", "2", "0", "2"]
     first = messages[0]
     lists = [[float(v) for v in group.split(",")] for group in re.findall(r"\[([^\]]*)\]", first)]
@@ -522,7 +522,7 @@ def test_debug_hooks_on_fused_perturb_conv(caplog: pytest.LogCaptureFixture) -> 
 
 
 def test_debug_hooks_without_noise_layers_warn(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="perturbnn.debug"):
+    with caplog.at_level(logging.WARNING, logger="perturbnn.repro.debug"):
         assert attach_debug_hooks(tiny_model()) == []
     assert any("no NoiseMask" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="max_values must be a positive int, got 0"):

@@ -21,7 +21,7 @@ MNIST), as described in ``../shared/reference/pnn-reproduction-notes.txt``.
 
 Example::
 
-    >>> from perturbnn.training import RunConfig, run_experiment
+    >>> from perturbnn.repro.training import RunConfig, run_experiment
     >>> config = RunConfig.from_experiment(
     ...     "pnn-fanout64-shared", nfilters=8, nepochs=1, train_subset=256, test_subset=200,
     ...     data_dir="../shared/data", out_dir="runs/smoke")
@@ -56,25 +56,25 @@ from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
 from torch.utils.data import DataLoader
 from torch.utils.hooks import RemovableHandle
 
-from perturbnn import distributed as _distributed
-from perturbnn._mismatch import config_mismatch, format_mismatch, state_mismatch
-from perturbnn._outdir import (
-    CHECKPOINT_COPIES,
-    OutDirError,
-    check_out_dir,
-    estimate_checkpoint_bytes,
-)
-from perturbnn._signals import StopOnSignal, TrainingInterrupted
 from perturbnn._validation import check_choice
 from perturbnn._version import __version__
 from perturbnn.activations import ACTIVATIONS
-from perturbnn.data import dataset_info
-from perturbnn.experiments import Experiment, get_experiment
 from perturbnn.functional import IMPLS
 from perturbnn.layers import NOISE_TYPES
 from perturbnn.metrics import ExactAccuracy, OriginalSmoothedAccuracy
 from perturbnn.models import POOL_TYPES
 from perturbnn.models._registry import check_model_name
+from perturbnn.repro import distributed as _distributed
+from perturbnn.repro.data import dataset_info
+from perturbnn.repro.experiments import Experiment, get_experiment
+from perturbnn.repro.mismatch import config_mismatch, format_mismatch, state_mismatch
+from perturbnn.repro.outdir import (
+    CHECKPOINT_COPIES,
+    OutDirError,
+    check_out_dir,
+    estimate_checkpoint_bytes,
+)
+from perturbnn.repro.signals import StopOnSignal, TrainingInterrupted
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -579,9 +579,9 @@ def evaluate(
     """Exact loss and accuracy of ``model`` over ``loader``, in eval mode without gradients.
 
     The model's training mode is restored afterwards. Under ``torch.distributed``, when
-    ``loader`` draws from a :class:`~perturbnn.distributed.ShardSampler`, every rank evaluates
+    ``loader`` draws from a :class:`~perturbnn.repro.distributed.ShardSampler`, every rank evaluates
     its shard and the counts are summed over the ranks
-    (:func:`~perturbnn.distributed.evaluate_sharded`): the result is the whole test set's.
+    (:func:`~perturbnn.repro.distributed.evaluate_sharded`): the result is the whole test set's.
 
     Args:
         model (nn.Module): maps ``Tensor[batch_size, channels, height, width]`` to logits
@@ -1052,7 +1052,7 @@ def fit(
     infinite loss stops with ``FloatingPointError`` naming the epoch and step, and the last
     good checkpoint is kept.
 
-    Under ``torchrun`` (see :mod:`perturbnn.distributed`) every rank calls it with a
+    Under ``torchrun`` (see :mod:`perturbnn.repro.distributed`) every rank calls it with a
     DDP-wrapped model; the training sampler's ``set_epoch`` is called every epoch, figures are
     summed over the ranks, and only rank 0 logs epoch lines, shows bars and writes files.
 
@@ -1278,7 +1278,7 @@ class RunConfig:
 
     Field names are the seed's flags with dashes as underscores (``--net-type`` is
     ``net_type``, ``--optim-method`` is ``optim_method``). :meth:`from_experiment` starts from
-    a preset of :mod:`perturbnn.experiments`.
+    a preset of :mod:`perturbnn.repro.experiments`.
 
     Attributes:
         experiment: name of the preset applied, if any (recorded in the summary).
@@ -1301,10 +1301,10 @@ class RunConfig:
         num_workers: DataLoader worker processes.
         progress: show tqdm bars.
         debug: log input, noise and output values of every noise layer
-            (:func:`perturbnn.debug.attach_debug_hooks`).
+            (:func:`perturbnn.repro.debug.attach_debug_hooks`).
         sync_bn: under ``torchrun``, convert BatchNorm to SyncBatchNorm (ignored in a
             single-process run). ``batch_size`` is per process (see
-            :mod:`perturbnn.distributed`).
+            :mod:`perturbnn.repro.distributed`).
 
     Raises:
         ValueError: on an invalid value; the message names the option and the value.
@@ -1391,7 +1391,7 @@ class RunConfig:
         """The seed's defaults, then preset ``name``, then ``overrides``.
 
         Args:
-            name (str): a name from :func:`perturbnn.experiments.list_experiments`.
+            name (str): a name from :func:`perturbnn.repro.experiments.list_experiments`.
             **overrides: :class:`RunConfig` fields to change (e.g. ``nfilters=8``).
 
         Returns:
@@ -1575,15 +1575,15 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     """Build data loaders, model, optimizer and scheduler for ``config``, without training.
 
     Order: seed the generators (``manual_seed``), load the resume checkpoint if any, build the
-    loaders (:func:`perturbnn.data.make_loaders`), then the model (:func:`perturbnn.build_model`
+    loaders (:func:`perturbnn.repro.data.make_loaders`), then the model (:func:`perturbnn.build_model`
     with ``in_channels``, ``input_size`` and ``nclasses`` of the training set) on the device,
     the optimizer over its trainable parameters and the seed's schedule.
 
     Started by ``torchrun`` with two or more processes, it first joins the process group
-    (:func:`perturbnn.distributed.init_distributed`: ``cuda:LOCAL_RANK`` with NCCL, or the CPU
-    with gloo), shards the loaders (:func:`perturbnn.distributed.distribute_loaders`) and
+    (:func:`perturbnn.repro.distributed.init_distributed`: ``cuda:LOCAL_RANK`` with NCCL, or the CPU
+    with gloo), shards the loaders (:func:`perturbnn.repro.distributed.distribute_loaders`) and
     wraps the model in DDP after checking that the noise masks match on every rank
-    (:func:`perturbnn.distributed.wrap_model`, with ``SyncBatchNorm`` if ``sync_bn``).
+    (:func:`perturbnn.repro.distributed.wrap_model`, with ``SyncBatchNorm`` if ``sync_bn``).
 
     Args:
         config (RunConfig): the options.
@@ -1592,8 +1592,8 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         PreparedRun: call its :meth:`~PreparedRun.fit`.
 
     Raises:
-        perturbnn.data.DataNotFoundError: if the data set files are not in ``data_dir``.
-        perturbnn.data.DataCorruptError: if they are unreadable.
+        perturbnn.repro.data.DataNotFoundError: if the data set files are not in ``data_dir``.
+        perturbnn.repro.data.DataCorruptError: if they are unreadable.
         ValueError: on an invalid option, an unknown model or data set, a device that is not
             available, or a resume file that is not a perturbnn checkpoint.
         CheckpointError: (a ``ValueError``) if ``resume`` was saved with other options of
@@ -1602,7 +1602,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         FileNotFoundError: if ``resume`` does not exist.
     """
     from perturbnn import build_model
-    from perturbnn.data import dataset_info, make_loaders
+    from perturbnn.repro.data import dataset_info, make_loaders
 
     experiment = get_experiment(config.experiment) if config.experiment else None
     context = _distributed.init_distributed(config.device)  # None unless torchrun, N >= 2
@@ -1643,7 +1643,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         _check_resume(checkpoint, config, model)
     handles: list[RemovableHandle] = []
     if config.debug:
-        from perturbnn.debug import attach_debug_hooks
+        from perturbnn.repro.debug import attach_debug_hooks
 
         handles = attach_debug_hooks(model, level=logging.INFO)
     if context is not None:

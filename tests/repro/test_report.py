@@ -1,7 +1,7 @@
-"""Tests of :mod:`perturbnn.report` and ``examples/reproduce.py`` on synthetic run folders.
+"""Tests of :mod:`perturbnn.repro.report` and ``examples/reproduce.py`` on synthetic run folders.
 
 Every run folder here is written by hand with known numbers (``log.jsonl`` and ``summary.json``
-in the format :func:`perturbnn.training.fit` writes), so the tests can check that the report
+in the format :func:`perturbnn.repro.training.fit` writes), so the tests can check that the report
 carries exactly those numbers and that its statements follow the data. One end-to-end test
 (marked ``slow``) trains the baseline for one epoch on a few real CIFAR-10 images.
 """
@@ -19,8 +19,8 @@ from typing import Any, Optional
 import pytest
 
 from perturbnn import build_model, count_mask_values, count_parameters
-from perturbnn.experiments import EXPERIMENTS, list_experiments
-from perturbnn.report import (
+from perturbnn.repro.experiments import EXPERIMENTS, list_experiments
+from perturbnn.repro.report import (
     build_report,
     compare_with_seed,
     format_duration,
@@ -30,9 +30,9 @@ from perturbnn.report import (
     render_markdown,
     seed_scale_counts,
 )
-from perturbnn.training import HISTORY_KEYS, RunConfig
+from perturbnn.repro.training import HISTORY_KEYS, RunConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "reproduce.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -65,7 +65,7 @@ def write_run(
     finished: bool = True,
     config: Optional[dict[str, Any]] = None,
 ) -> Path:
-    """A run folder as :func:`perturbnn.training.fit` leaves it (without checkpoints)."""
+    """A run folder as :func:`perturbnn.repro.training.fit` leaves it (without checkpoints)."""
     folder = root / name
     folder.mkdir(parents=True)
     epochs = len(test_acc)
@@ -536,7 +536,7 @@ def test_end_to_end_on_real_cifar10(tmp_path: Path, script: ModuleType, data_dir
 
 
 def test_gpu_runs_section_carries_the_recorded_numbers(tmp_path: Path) -> None:
-    from perturbnn.report import gpu_runs_section
+    from perturbnn.repro.report import gpu_runs_section
 
     path = tmp_path / "gpu.json"
     run = {

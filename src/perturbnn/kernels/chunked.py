@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from perturbnn._fast_activation import Pointwise
+from perturbnn.kernels.activation import Pointwise
 
 __all__ = ["CHUNK_ELEMENTS", "perturb_act_conv2d_chunked"]
 

@@ -1,6 +1,6 @@
 """Multi-process training with ``torch.distributed``: DDP, sharded loaders and exact metrics.
 
-Launch the example (or any script that calls :func:`perturbnn.training.prepare_run`) with
+Launch the example (or any script that calls :func:`perturbnn.repro.training.prepare_run`) with
 ``torchrun``; nothing else changes::
 
     torchrun --nproc_per_node=4 examples/cifar10_repro.py --experiment pnn-fanout64-shared
@@ -67,7 +67,7 @@ from perturbnn.layers import NoiseMask
 from perturbnn.metrics import ExactAccuracy, OriginalSmoothedAccuracy
 
 if TYPE_CHECKING:
-    from perturbnn.training import EvalResult
+    from perturbnn.repro.training import EvalResult
 
 __all__ = [
     "DistributedContext",
@@ -421,7 +421,7 @@ def distribute_loaders(
 
     Args:
         train_loader (DataLoader), test_loader (DataLoader): single-process loaders, e.g. from
-            :func:`perturbnn.data.make_loaders`.
+            :func:`perturbnn.repro.data.make_loaders`.
         seed (int): the training sampler's shuffling seed (the same on every rank).
         num_replicas (int, optional), rank (int, optional): default: the process group's.
 
@@ -540,7 +540,7 @@ def check_masks_match(model: nn.Module) -> None:
                 raise RuntimeError(
                     f"noise masks differ across ranks: {name!r} on rank {rank} is not rank 0's; "
                     "every rank must build the model after set_seed(manual_seed) with the same "
-                    "seed (perturbnn.training.prepare_run does)"
+                    "seed (perturbnn.repro.training.prepare_run does)"
                 )
 
 
@@ -632,7 +632,7 @@ def reduce_train_totals(model: nn.Module, loss_sum: Tensor, accuracy: ExactAccur
 
 
 def uses_sharded_evaluation(loader: Any) -> bool:
-    """Whether :func:`perturbnn.training.evaluate` must sum ``loader``'s results over ranks.
+    """Whether :func:`perturbnn.repro.training.evaluate` must sum ``loader``'s results over ranks.
 
     ``True`` when a process group of two or more exists and ``loader`` draws from a
     :class:`ShardSampler`.
@@ -647,7 +647,7 @@ def uses_sharded_evaluation(loader: Any) -> bool:
     if isinstance(sampler, DistributedSampler):
         raise ValueError(
             "the test loader draws from a DistributedSampler, which repeats images to even the "
-            "shards out; use perturbnn.distributed.ShardSampler for exact counts, got "
+            "shards out; use perturbnn.repro.distributed.ShardSampler for exact counts, got "
             f"{type(sampler).__name__}"
         )
     return isinstance(sampler, ShardSampler)
@@ -676,7 +676,7 @@ def evaluate_sharded(
 ) -> EvalResult:
     """Exact loss and accuracy over a test set split across ranks by a :class:`ShardSampler`.
 
-    Called by :func:`perturbnn.training.evaluate`; every rank must call it. First rank 0's
+    Called by :func:`perturbnn.repro.training.evaluate`; every rank must call it. First rank 0's
     buffers are broadcast (:func:`broadcast_buffers`), then each rank evaluates its shard with
     the unwrapped model (no DDP collective per batch, so uneven shards are fine), and the loss
     sum, the correct count and the sample count are summed over the ranks. Every rank returns
@@ -694,7 +694,7 @@ def evaluate_sharded(
         progress (bool): show a tqdm bar on rank 0.
 
     Returns:
-        perturbnn.training.EvalResult: loss, accuracy, ``correct`` and ``total`` over the whole
+        perturbnn.repro.training.EvalResult: loss, accuracy, ``correct`` and ``total`` over the whole
         test set.
 
     Raises:
@@ -702,7 +702,7 @@ def evaluate_sharded(
             loader yields something other than ``(inputs, targets)``, or the summed total
             differs from the data set size.
     """
-    from perturbnn.training import EvalResult, _progress
+    from perturbnn.repro.training import EvalResult, _progress
 
     sampler = getattr(loader, "sampler", None)
     batch_size = getattr(loader, "batch_size", None)

@@ -26,8 +26,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from perturbnn._fast_activation import Pointwise
-from perturbnn._fast_chunked import perturb_act_conv2d_chunked
+from perturbnn.kernels.activation import Pointwise
+from perturbnn.kernels.chunked import perturb_act_conv2d_chunked
 
 __all__ = ["compiled_available", "perturb_act_conv2d_compiled"]
 
@@ -156,7 +156,7 @@ def perturb_act_conv2d_compiled(
         level: noise amplitude.
         activation: the activation as given (applied to the 4-D perturbed tensor, as in the
             grouped formulation).
-        act: the same activation as a :class:`~perturbnn._fast_activation.Pointwise`, for the
+        act: the same activation as a :class:`~perturbnn.kernels.activation.Pointwise`, for the
             eager fallback.
 
     Returns:

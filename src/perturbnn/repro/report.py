@@ -1,11 +1,11 @@
 """The reproduction report: read run logs, compare them with the seed, write markdown and plots.
 
-Everything here is computed from the files :func:`perturbnn.training.fit` writes in each run's
+Everything here is computed from the files :func:`perturbnn.repro.training.fit` writes in each run's
 folder (``log.jsonl``: one JSON object per epoch; ``summary.json``: parameters, configuration,
 the seed's command and accuracy) and, if present, the ``reproduce.json`` manifest that
 ``examples/reproduce.py`` writes in the output folder (scale name, description, command). No
 number in the report is typed in by hand: the seed's figures come from
-:mod:`perturbnn.experiments`, the measured ones from the logs, and the statements on the seed's
+:mod:`perturbnn.repro.experiments`, the measured ones from the logs, and the statements on the seed's
 orderings (:func:`compare_with_seed`) are computed from both.
 
 Main entry points:
@@ -22,7 +22,7 @@ Source: the seed's results and claims in ``../shared/reference/pnn-reproduction-
 
 Example::
 
-    >>> from perturbnn.report import build_report  # doctest: +SKIP
+    >>> from perturbnn.repro.report import build_report  # doctest: +SKIP
     >>> report = build_report("runs/reproduce", "docs/reproduction.md", "docs/img")  # doctest: +SKIP
     >>> report.markdown  # doctest: +SKIP
     PosixPath('docs/reproduction.md')
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from perturbnn.experiments import EXPERIMENTS, get_experiment
+from perturbnn.repro.experiments import EXPERIMENTS, get_experiment
 
 __all__ = [
     "ABOUT_EQUAL_POINTS",
@@ -71,9 +71,9 @@ _LOGGER = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Per-epoch log of a run (written by :func:`perturbnn.training.fit`).
+#: Per-epoch log of a run (written by :func:`perturbnn.repro.training.fit`).
 LOG_FILE = "log.jsonl"
-#: End-of-run summary of a run (written by :func:`perturbnn.training.fit`).
+#: End-of-run summary of a run (written by :func:`perturbnn.repro.training.fit`).
 SUMMARY_FILE = "summary.json"
 #: Manifest ``examples/reproduce.py`` writes in its output folder (scale, command).
 MANIFEST_FILE = "reproduce.json"
@@ -84,7 +84,7 @@ ABOUT_EQUAL_POINTS = 1.0
 
 _REQUIRED_KEYS = ("epoch", "test_acc", "original_acc", "seconds")
 
-# The experiments the seed's claims are about (names of :mod:`perturbnn.experiments`).
+# The experiments the seed's claims are about (names of :mod:`perturbnn.repro.experiments`).
 _BASELINE = "baseline"
 _NO_NOISE = "no-noise-1x1"
 # The PNN the seed sets against the 1x1 network without noise: ~5.5M parameters, 3x3 first
@@ -168,7 +168,7 @@ class RunLog:
 
     @property
     def config(self) -> dict[str, Any]:
-        """The run's :class:`~perturbnn.training.RunConfig` as a dict (empty if unfinished)."""
+        """The run's :class:`~perturbnn.repro.training.RunConfig` as a dict (empty if unfinished)."""
         if self.summary is None:
             return {}
         config = self.summary.get("config")
@@ -408,15 +408,15 @@ def seed_scale_counts(name: str) -> tuple[int, int]:
     The model is built on the ``meta`` device, so nothing is allocated.
 
     Args:
-        name (str): a preset of :mod:`perturbnn.experiments`.
+        name (str): a preset of :mod:`perturbnn.repro.experiments`.
 
     Returns:
         tuple[int, int]: ``(parameters, mask_values)`` as :func:`perturbnn.count_parameters`
         and :func:`perturbnn.count_mask_values` count them.
     """
     from perturbnn import build_model, count_mask_values, count_parameters
-    from perturbnn.data import dataset_info
-    from perturbnn.training import RunConfig
+    from perturbnn.repro.data import dataset_info
+    from perturbnn.repro.training import RunConfig
 
     config = RunConfig.from_experiment(name)
     info = dataset_info(config.dataset_train)

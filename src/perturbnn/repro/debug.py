@@ -67,7 +67,7 @@ def attach_debug_hooks(
 
     Args:
         model (nn.Module): the model to watch.
-        logger (logging.Logger, optional): where to log. Default: ``perturbnn.debug``.
+        logger (logging.Logger, optional): where to log. Default: ``perturbnn.repro.debug``.
         max_values (int): how many leading values of each tensor to show. Default: ``4``.
         level (int): the logging level of the lines. Default: ``logging.DEBUG``.
 

@@ -5,7 +5,7 @@ Each :class:`Experiment` records the command line the reproduction notes ran
 fraction, measured with the *exact* accuracy, not the original code's smoothed
 figure), the model configuration that command implies and the training options it
 sets. Options a command does not set keep the seed's defaults (see
-:class:`perturbnn.training.RunConfig`), except the noise ``level``, which every
+:class:`perturbnn.repro.training.RunConfig`), except the noise ``level``, which every
 preset states explicitly (0.5, the seed's default that all eight runs used).
 
 Source: the reproduction notes in ``../shared/reference/pnn-reproduction-notes.txt``
@@ -13,7 +13,7 @@ Source: the reproduction notes in ``../shared/reference/pnn-reproduction-notes.t
 
 Example::
 
-    >>> from perturbnn.experiments import get_experiment
+    >>> from perturbnn.repro.experiments import get_experiment
     >>> exp = get_experiment("pnn-fanout64-shared")
     >>> exp.net_type, exp.config["nmasks"], exp.seed_accuracy
     ('perturb_resnet18', 64, 0.824)

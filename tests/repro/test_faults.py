@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from perturbnn import _outdir, build_model
-from perturbnn import training as T
-from perturbnn._signals import StopOnSignal
-from perturbnn.training import (
+from perturbnn import build_model
+from perturbnn.repro import outdir as _outdir
+from perturbnn.repro import training as T
+from perturbnn.repro.signals import StopOnSignal
+from perturbnn.repro.training import (
     CheckpointError,
     OutDirError,
     TrainingInterrupted,
@@ -44,10 +45,10 @@ from perturbnn.training import (
     save_checkpoint,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "cifar10_repro.py"
 DATA_DIR = Path(
-    os.environ.get("PERTURBNN_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data"
+    os.environ.get("PERTURBNN_DATA_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data"
 )
 HAVE_CIFAR10 = (DATA_DIR / "cifar10").is_dir() or bool(list(DATA_DIR.glob("cifar10_*.npz")))
 needs_cifar10 = pytest.mark.skipif(
@@ -154,7 +155,7 @@ def assert_same_run(resumed: T.FitSummary, model: nn.Module, straight: Any) -> N
 SAVE_LOOP = """
 import sys, torch
 from torch import nn
-from perturbnn.training import save_checkpoint
+from perturbnn.repro.training import save_checkpoint
 model = nn.Linear(1024, 1024)  # 4 MB of weights per checkpoint
 epoch = 0
 while True:

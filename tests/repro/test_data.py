@@ -1,4 +1,4 @@
-"""Tests for perturbnn.data: loading, transforms, subsets and loaders. Nothing is downloaded."""
+"""Tests for perturbnn.repro.data: loading, transforms, subsets and loaders. Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import SequentialSampler
 
-from perturbnn.data import (
+from perturbnn.repro.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     DATASETS,
@@ -41,7 +41,7 @@ def _shared_data_dir() -> Path:
     env = os.environ.get("PERTURBNN_DATA_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 DATA_DIR = _shared_data_dir()
