@@ -54,7 +54,15 @@ MODEL_OPTIONS: tuple[str, ...] = (
 
 
 def _default_data_dir() -> str:
-    return os.environ.get("PERTURBNN_DATA_DIR", "./data")
+    """``$PERTURBNN_DATA_DIR``, else the first existing of ``./data`` and ``../shared/data``
+    (the order of :func:`perturbnn.repro.data.resolve_data_dir`), else ``./data``."""
+    env = os.environ.get("PERTURBNN_DATA_DIR")
+    if env:
+        return env
+    for candidate in ("./data", "../shared/data"):
+        if os.path.isdir(candidate):
+            return candidate
+    return "./data"
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,8 @@ class RunConfig:
     Attributes:
         experiment: name of the preset applied, if any (recorded in the summary).
         net_type, dataset_train, dataset_test: model and data set names.
-        data_dir: where the data sets are (default: ``$PERTURBNN_DATA_DIR`` or ``./data``;
-            in this repository, ``../shared/data``).
+        data_dir: where the data sets are (default: ``$PERTURBNN_DATA_DIR``, else the first
+            existing of ``./data`` and ``../shared/data``, else ``./data``).
         nfilters, nmasks, level, filter_size, first_filter_size, scale_noise, act, use_act,
             pool_type, dropout, unique_masks, train_masks, noise_type, mix_maps: model options
             (see :func:`perturbnn.build_model`).

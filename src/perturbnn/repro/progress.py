@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Optional, TypeVar
 
@@ -30,12 +31,27 @@ def _tqdm() -> Optional[Callable[..., Any]]:
 
 
 def _progress(iterable: Iterable[_T], *, enabled: bool, desc: str) -> Iterable[_T]:
+    """``iterable`` wrapped in a tqdm bar on stderr, if ``enabled``, tqdm is installed and
+    stderr is a terminal.
+
+    Into a file or a pipe a bar would write one long line of carriage returns per epoch, so
+    there the bar is left out and the per-epoch log lines are all that is written.
+    """
     if not enabled:
         return iterable
     tqdm = _tqdm()
-    if tqdm is None:
+    if tqdm is None or not _is_terminal(sys.stderr):
         return iterable
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)  # type: ignore[no-any-return]
+
+
+def _is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is an interactive terminal (``False`` for files, pipes, captures)."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if callable(isatty) else False
+    except (OSError, ValueError):  # closed or detached stream
+        return False
 
 
 def _batches(
