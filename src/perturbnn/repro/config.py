@@ -78,14 +78,12 @@ class RunConfig:
         net_type, dataset_train, dataset_test: model and data set names.
         data_dir: where the data sets are (default: ``$PERTURBNN_DATA_DIR``, else the first
             existing of ``./data`` and ``../shared/data``, else ``./data``).
-        nfilters, nmasks, level, filter_size, first_filter_size, scale_noise, act, use_act,
-            pool_type, dropout, unique_masks, train_masks, noise_type, mix_maps: model options
+        nfilters, nmasks, level, filter_size, first_filter_size, scale_noise, act, use_act, pool_type, dropout, unique_masks, train_masks, noise_type, mix_maps: model options
             (see :func:`perturbnn.build_model`).
         impl: how perturbation layers compute (``"auto"``, ``"eager"``, ``"compiled"``,
             ``"grouped"``; the same results, see ``docs/performance.md``). Not part of
             :data:`RESUME_FIELDS`: a run may resume with another ``impl``.
-        batch_size, learning_rate, nepochs, optim_method, weight_decay, momentum,
-            manual_seed: training options.
+        batch_size, learning_rate, nepochs, optim_method, weight_decay, momentum, manual_seed: training options.
         train_subset, test_subset: use a deterministic, class-balanced subset of N samples
             (``None``: all).
         out_dir: where to write logs and checkpoints (``None``: nothing is written).
