@@ -285,3 +285,23 @@ def test_readme_opens_with_the_two_commands_ci_runs() -> None:
     assert "pip install" in install_and_run and "pip install" in install_and_test
     ci_lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line.strip()]
     assert ci_lines[-1] == install_and_test
+
+
+def test_scale_summary_counts_epochs_grammatically() -> None:
+    import dataclasses
+
+    from perturbnn.repro.scales import SCALES
+
+    one = dataclasses.replace(SCALES["cpu"], nepochs=1).summary_line()
+    assert ", 1 epoch, " in one and "1 epochs" not in one
+    assert ", 10 epochs, " in SCALES["cpu"].summary_line()
+
+
+def test_reproduce_checks_the_options_before_printing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--nepochs", "0", "--out-dir", str(tmp_path / "runs"), "--report", str(tmp_path / "r")]
+    assert reproduce_cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == "error: --nepochs must be a positive int, got 0"
+    assert not (tmp_path / "runs").exists()  # no manifest written

@@ -74,7 +74,8 @@ class Scale:
             "test images"
         )
         return (
-            f"width x{self.width_factor} ({mapping}), {self.nepochs} epochs, {data}, "
+            f"width x{self.width_factor} ({mapping}), {self.nepochs} "
+            f"epoch{'' if self.nepochs == 1 else 's'}, {data}, "
             f"each preset's batch size and learning rate, device {self.device}"
         )
 

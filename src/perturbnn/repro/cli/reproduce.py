@@ -333,6 +333,12 @@ def main(argv: Optional[Sequence[str]] = None, *, command: str = PROG) -> int:
             scale = resolve_scale(args)
         except ValueError as exc:
             parser.error(str(exc))
+        try:  # every run's options, checked before anything is printed or written
+            for name in names:
+                make_config(name, scale, data_dir=args.data_dir, out_dir=out_dir, progress=False)
+        except (TypeError, ValueError) as exc:
+            echo(f"error: {name_flags(str(exc), flags)}", err=True)
+            return 2
         if args.estimate:
             echo(f"measuring at scale {scale.name}: {scale.summary_line()}")
             try:
