@@ -8,6 +8,7 @@ five networks of the PNN reproduction (:func:`resnet18`, :func:`noiseresnet18`,
 from perturbnn import functional
 from perturbnn._version import __version__
 from perturbnn.activations import ACTIVATIONS, make_activation
+from perturbnn.convert import ConvertedLayer, ConvertReport, convert
 from perturbnn.layers import NOISE_TYPES, MixMaps, NoiseMask, PerturbConv2d, PerturbLayer
 from perturbnn.models import (
     POOL_TYPES,
@@ -27,6 +28,8 @@ __all__ = [
     "ACTIVATIONS",
     "NOISE_TYPES",
     "POOL_TYPES",
+    "ConvertReport",
+    "ConvertedLayer",
     "MixMaps",
     "ModelConfig",
     "NoiseMask",
@@ -35,6 +38,7 @@ __all__ = [
     "__version__",
     "build_model",
     "cifarnet",
+    "convert",
     "count_mask_values",
     "count_parameters",
     "functional",
