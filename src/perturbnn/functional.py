@@ -168,6 +168,10 @@ def perturb_conv2d(
       differentiable twice. Where compilation is unavailable it warns once and uses
       ``"eager"``. Without activation it is ``"eager"``'s algebraic form.
 
+    While ``torch.export.export`` or ``torch.onnx.export`` traces the layer, the blocked paths
+    with an activation (``"eager"``, ``"compiled"``) give way to the literal formulation, which
+    exports as plain operators (same numbers).
+
     Under ``torch.autocast`` the fast paths run in the autocast dtype, as the grouped path's
     ``conv2d`` does. Measurements: ``docs/performance.md``.
 
@@ -219,6 +223,10 @@ def perturb_conv2d(
             pool_type,
         )
     path = resolve_impl(impl, nmasks, activation)
+    if path in ("chunked", "compiled") and _exporting():
+        # The blocked kernels write into preallocated buffers, which torch.export cannot trace;
+        # the literal formulation gives the same numbers and exports as plain operators.
+        path = "grouped"
     if path != "grouped":
         check_perturb_input(x, masks)
         if groups > 1 and weight.shape[0] % channels != 0:
@@ -268,6 +276,15 @@ def pool(x: Tensor, stride: int, pool_type: str = "max") -> Tensor:
     if pool_type == "max":
         return F.max_pool2d(x, stride, stride, ceil_mode=True)
     return F.avg_pool2d(x, stride, stride, ceil_mode=True)
+
+
+def _exporting() -> bool:
+    """``True`` while ``torch.export`` (and so ``torch.onnx.export``) traces the model."""
+    compiler = getattr(torch, "compiler", None)
+    is_exporting = getattr(compiler, "is_exporting", None)
+    if is_exporting is not None and bool(is_exporting()):
+        return True
+    return bool(torch.onnx.is_in_onnx_export())
 
 
 def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
