@@ -406,3 +406,12 @@ def test_stride_matches_conv2d_size_and_pools_the_unstrided_layer(
     plain = copy.deepcopy(layer)
     plain.stride = 1
     torch.testing.assert_close(y, _reference_pool(plain(x), stride, pool_type))
+
+
+def test_data_parallel_replication_refused_only_before_the_first_forward():
+    layer = PerturbConv2d(2, 4)
+    with pytest.raises(RuntimeError, match="run one forward"):
+        layer._replicate_for_data_parallel()
+    layer(torch.randn(1, 2, 3, 3))
+    replica = layer._replicate_for_data_parallel()
+    assert replica.noise.masks is layer.noise.masks

@@ -43,6 +43,16 @@ def _draw_seed(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2**62, (1,), generator=generator).item())
 
 
+def _replicate(module: Any) -> Any:
+    """``nn.DataParallel`` replication: refused only before a lazy layer's first forward."""
+    if module.has_uninitialized_params():
+        raise RuntimeError(
+            f"{type(module).__name__} has lazy masks (input_size=None) and has not run yet; "
+            "run one forward (or give input_size) before nn.DataParallel replicates it"
+        )
+    return nn.Module._replicate_for_data_parallel(module)
+
+
 def _drop_lazy_hooks(module: nn.Module) -> None:
     """Remove the hooks ``LazyModuleMixin`` registered, as its ``_infer_parameters`` does."""
     for name in ("_initialize_hook", "_load_hook"):
@@ -151,6 +161,9 @@ class NoiseMask(LazyModuleMixin, nn.Module):
     def has_uninitialized_params(self) -> bool:
         """``True`` until the masks have a size (lazy module not yet materialized)."""
         return self.input_size is None
+
+    def _replicate_for_data_parallel(self) -> Any:
+        return _replicate(self)
 
     def initialize_parameters(self, x: Tensor, *args: Any, **kwargs: Any) -> None:
         """Draw the masks for ``x``'s height and width if they have no size yet (lazy hook).
@@ -385,6 +398,9 @@ class PerturbConv2d(LazyModuleMixin, nn.Module):
     def has_uninitialized_params(self) -> bool:
         """``True`` until the masks have a size (lazy layer not yet materialized)."""
         return self.noise.input_size is None
+
+    def _replicate_for_data_parallel(self) -> Any:
+        return _replicate(self)
 
     def initialize_parameters(self, x: Tensor, *args: Any, **kwargs: Any) -> None:
         """Draw the masks for ``x``'s height and width if they have no size yet (lazy hook)."""
