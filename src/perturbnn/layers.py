@@ -50,7 +50,7 @@ def _replicate(module: Any) -> Any:
             f"{type(module).__name__} has lazy masks (input_size=None) and has not run yet; "
             "run one forward (or give input_size) before nn.DataParallel replicates it"
         )
-    return nn.Module._replicate_for_data_parallel(module)
+    return nn.Module._replicate_for_data_parallel(module)  # type: ignore[no-untyped-call]
 
 
 def _drop_lazy_hooks(module: nn.Module) -> None:
