@@ -267,3 +267,15 @@ def test_perturb_bottleneck_block():
 def test_plain_nets_need_an_input_size(name):
     with pytest.raises(ValueError, match="needs input_size"):
         build_model(name, input_size=None)
+
+
+def test_lazy_network_state_dict_materializes_a_fresh_lazy_network():
+    torch.manual_seed(0)
+    trained = build_model("perturb_resnet18", nfilters=3, nmasks=2, input_size=None).eval()
+    x = torch.randn(2, 3, 40, 24)
+    expected = trained(x)
+    fresh = build_model("perturb_resnet18", nfilters=3, nmasks=2, input_size=None).eval()
+    assert count_mask_values(fresh) == 0
+    fresh.load_state_dict(trained.state_dict())
+    assert count_mask_values(fresh) == count_mask_values(trained) > 0
+    assert torch.equal(fresh(x), expected)
