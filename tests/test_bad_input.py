@@ -40,8 +40,12 @@ def assert_named(error: Exception, arguments: dict) -> None:
 
 
 def run_forward(module, channels, size, batch, data):
-    """Forward a random, sometimes mis-shaped input: correct shape works, others raise clearly."""
-    height, width = (size, size) if isinstance(size, int) else size
+    """Forward a random, sometimes mis-shaped input: correct shape works, others raise clearly.
+
+    ``size=None`` is a lazy layer: any height and width is valid on the first forward.
+    """
+    lazy = size is None
+    height, width = (5, 5) if lazy else (size, size) if isinstance(size, int) else size
     shape = data.draw(
         st.sampled_from(
             [
@@ -63,6 +67,9 @@ def run_forward(module, channels, size, batch, data):
         return shape, module(x)
     except (ValueError, TypeError) as error:
         assert shape != (batch, channels, height, width), f"valid input rejected: {error}"
+        assert not (lazy and shape == (batch, channels, height + 1, width)), (
+            f"lazy layer rejected its first input: {error}"
+        )
         assert re.search(r"input|channels|spatial|4-D", str(error)), str(error)
         return shape, None
 
@@ -198,9 +205,7 @@ def test_perturb_layer(
         assert_named(error, arguments)
         return
     event("constructed")
-    shape, out = run_forward(
-        module.eval(), in_channels, 5 if input_size is None else input_size, 2, data
-    )
+    shape, out = run_forward(module.eval(), in_channels, input_size, 2, data)
     event("forward ok" if out is not None else "forward rejected")
     if out is not None:
         height, width = shape[2:]

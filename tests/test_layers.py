@@ -242,8 +242,10 @@ def test_regular_conv_layer(filter_size, bias, out_size):
 
 
 def test_perturb_layer_errors():
-    with pytest.raises(ValueError, match="input_size is required"):
-        PerturbLayer(3, 6, filter_size=0)
+    with pytest.raises(ValueError, match="stride"):
+        PerturbLayer(3, 6, filter_size=0, stride=0)
+    with pytest.raises(ValueError, match="pool_type"):
+        PerturbLayer(3, 6, filter_size=0, pool_type="min")
     with pytest.raises(ValueError, match="filter_size"):
         PerturbLayer(3, 6, filter_size=2)
 
@@ -254,3 +256,162 @@ def test_extra_repr_shows_non_defaults():
     )
     assert "nmasks=2" in text and "unique_masks=False" in text and "train_masks=True" in text
     assert "noise_type" not in text and "bias" not in text
+
+
+# --- lazy size (input_size=None) -------------------------------------------------------------
+
+
+def test_lazy_masks_take_the_first_input_size_then_stay_fixed():
+    layer = PerturbConv2d(3, 6, 2, level=0.5, use_act=True)
+    assert layer.input_size is None and layer.noise.masks.shape == (3, 2, 0, 0)
+    x = torch.randn(2, 3, 5, 9)  # non-square
+    y = layer(x)
+    assert y.shape == (2, 6, 5, 9)
+    assert layer.input_size == (5, 9) and layer.noise.masks.shape == (3, 2, 5, 9)
+    masks = layer.noise.masks.clone()
+    assert masks.abs().max() > 0  # drawn, not left empty or zero
+    assert torch.equal(layer(x), y)  # fixed from then on
+    assert torch.equal(layer.noise.masks, masks)
+    with pytest.raises(ValueError, match=r"\(9, 5\).*\(5, 9\)"):
+        layer(torch.randn(2, 3, 9, 5))
+
+
+def test_lazy_noise_mask_and_perturb_layer():
+    noise = NoiseMask(2, 3, level=0.2)
+    assert noise(torch.zeros(1, 2, 4, 6)).shape == (1, 6, 4, 6)
+    assert noise.input_size == (4, 6)
+    with pytest.raises(ValueError, match="differs from the masks' size"):
+        noise(torch.zeros(1, 2, 6, 4))
+    block = PerturbLayer(3, 6, 2, use_act=True)
+    assert block(torch.randn(2, 3, 7, 4)).shape == (2, 6, 7, 4)
+    assert block[0].input_size == (7, 4)
+
+
+def test_lazy_generator_gives_reproducible_masks():
+    def build(seed):
+        return PerturbConv2d(2, 4, 2, generator=torch.Generator().manual_seed(seed))
+
+    a, b, c = build(1), build(1), build(2)
+    x = torch.randn(1, 2, 3, 4)
+    for layer in (a, b, c):
+        layer(x)
+    assert torch.equal(a.noise.masks, b.noise.masks)
+    assert not torch.equal(a.noise.masks, c.noise.masks)
+
+
+def test_lazy_state_dict_round_trips_before_and_after_materialization():
+    x = torch.randn(2, 3, 6, 5)
+    lazy_state = PerturbConv2d(3, 6, 2).state_dict()
+    fresh = PerturbConv2d(3, 6, 2)
+    fresh.load_state_dict(lazy_state)  # lazy into lazy: stays lazy
+    assert fresh.input_size is None
+    assert fresh(x).shape == (2, 6, 6, 5)
+
+    trained = PerturbConv2d(3, 6, 2, use_act=True)
+    expected = trained(x)
+    state = trained.state_dict()
+    assert state["noise.masks"].shape == (3, 2, 6, 5)
+    restored = PerturbConv2d(3, 6, 2, use_act=True)
+    restored.load_state_dict(state)  # materialized into lazy: materializes
+    assert restored.input_size == (6, 5)
+    assert torch.equal(restored.noise.masks, trained.noise.masks)
+    assert torch.equal(restored(x), expected)
+    other = PerturbConv2d(3, 6, 2, use_act=True, input_size=4)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        other.load_state_dict(state)
+
+
+def test_lazy_reset_parameters_and_to_before_and_after():
+    layer = PerturbConv2d(3, 6, 2, use_act=True)
+    layer.reset_parameters()
+    layer.noise.reset_parameters(torch.Generator().manual_seed(0))
+    assert layer.input_size is None
+    layer.to(torch.float64)
+    y = layer(torch.randn(2, 3, 4, 5, dtype=torch.float64))
+    assert y.dtype == torch.float64 and layer.noise.masks.dtype == torch.float64
+    before = layer.noise.masks.clone()
+    layer.noise.reset_parameters()
+    assert layer.noise.masks.shape == before.shape and not torch.equal(layer.noise.masks, before)
+    layer.to(torch.float32)
+    assert layer.noise.masks.dtype == torch.float32
+
+
+@pytest.mark.parametrize("materialized", [False, True])
+def test_lazy_deepcopy_and_pickle(materialized):
+    layer = PerturbConv2d(3, 6, 2, level=0.3, use_act=True)
+    x = torch.randn(2, 3, 4, 7)
+    if materialized:
+        y = layer(x)
+    for clone in (copy.deepcopy(layer), torch.load(_pickled(layer), weights_only=False)):
+        out = clone(x)
+        assert clone.input_size == (4, 7)
+        if materialized:
+            assert torch.equal(out, y)
+    if not materialized:
+        assert layer.input_size is None  # the copies did not materialize the original
+
+
+def _pickled(module):
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_lazy_trainable_masks_keep_their_parameter_for_an_optimizer():
+    layer = PerturbConv2d(2, 4, 2, train_masks=True, level=1.0)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    masks = layer.noise.masks
+    layer(torch.randn(2, 2, 3, 3)).pow(2).sum().backward()
+    assert layer.noise.masks is masks and masks.grad is not None
+    before = masks.detach().clone()
+    optimizer.step()
+    assert masks.shape == (2, 2, 3, 3) and not torch.equal(masks.detach(), before)
+
+
+# --- stride ----------------------------------------------------------------------------------
+
+
+def _reference_pool(y, stride, pool_type):
+    """Pool ``y`` by ``stride`` with partial windows at the border, one window at a time."""
+    rows = range(0, y.shape[2], stride)
+    cols = range(0, y.shape[3], stride)
+    out = torch.empty(*y.shape[:2], len(rows), len(cols), dtype=y.dtype)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            window = y[:, :, r : r + stride, c : c + stride]
+            out[:, :, i, j] = window.amax((2, 3)) if pool_type == "max" else window.mean((2, 3))
+    return out
+
+
+@given(
+    stride=st.integers(1, 4),
+    kernel=st.sampled_from([1, 3, 5, 7]),
+    height=st.integers(1, 11),
+    width=st.integers(1, 11),
+    pool_type=st.sampled_from(["max", "avg"]),
+    nmasks=st.integers(1, 3),
+)
+def test_stride_matches_conv2d_size_and_pools_the_unstrided_layer(
+    stride, kernel, height, width, pool_type, nmasks
+):
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, height, width, dtype=torch.float64)
+    conv = nn.Conv2d(2, 4, kernel, stride=stride, padding=kernel // 2)
+    layer = PerturbConv2d(
+        2, 4, nmasks, stride=stride, pool_type=pool_type, use_act=True, dtype=torch.float64
+    )
+    y = layer(x)
+    assert y.shape == conv(x.float()).shape
+    plain = copy.deepcopy(layer)
+    plain.stride = 1
+    torch.testing.assert_close(y, _reference_pool(plain(x), stride, pool_type))
+
+
+def test_data_parallel_replication_refused_only_before_the_first_forward():
+    layer = PerturbConv2d(2, 4)
+    with pytest.raises(RuntimeError, match="run one forward"):
+        layer._replicate_for_data_parallel()
+    layer(torch.randn(1, 2, 3, 3))
+    replica = layer._replicate_for_data_parallel()
+    assert replica.noise.masks is layer.noise.masks

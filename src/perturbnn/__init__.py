@@ -1,23 +1,33 @@
 """perturbnn: perturbation layers from Perturbative Neural Networks (PNN, CVPR 2018).
 
-Layers (:class:`NoiseMask`, :class:`PerturbConv2d`, :class:`MixMaps`, :class:`PerturbLayer`), the
-five networks of the PNN reproduction (:func:`resnet18`, :func:`noiseresnet18`,
-:func:`perturb_resnet18`, :func:`cifarnet`, :func:`lenet`) and their registry.
+Layers (:class:`NoiseMask`, :class:`PerturbConv2d`, :class:`MixMaps`, :class:`PerturbLayer`,
+:class:`PerturbBottleneck`), the five networks of the PNN reproduction (:func:`resnet18`,
+:func:`noiseresnet18`, :func:`perturb_resnet18`, :func:`cifarnet`, :func:`lenet`), deeper ResNets
+(:func:`noiseresnet34` to :func:`noiseresnet152`, :func:`perturb_resnet34`,
+:func:`perturb_resnet50`), their registry, and :func:`convert` for existing networks.
 """
 
 from perturbnn import functional
 from perturbnn._version import __version__
 from perturbnn.activations import ACTIVATIONS, make_activation
+from perturbnn.convert import ConvertedLayer, ConvertReport, convert
 from perturbnn.layers import NOISE_TYPES, MixMaps, NoiseMask, PerturbConv2d, PerturbLayer
 from perturbnn.models import (
     POOL_TYPES,
     ModelConfig,
+    PerturbBottleneck,
     build_model,
     cifarnet,
     lenet,
     list_models,
     noiseresnet18,
+    noiseresnet34,
+    noiseresnet50,
+    noiseresnet101,
+    noiseresnet152,
     perturb_resnet18,
+    perturb_resnet34,
+    perturb_resnet50,
     register_model,
     resnet18,
 )
@@ -27,14 +37,18 @@ __all__ = [
     "ACTIVATIONS",
     "NOISE_TYPES",
     "POOL_TYPES",
+    "ConvertReport",
+    "ConvertedLayer",
     "MixMaps",
     "ModelConfig",
     "NoiseMask",
+    "PerturbBottleneck",
     "PerturbConv2d",
     "PerturbLayer",
     "__version__",
     "build_model",
     "cifarnet",
+    "convert",
     "count_mask_values",
     "count_parameters",
     "functional",
@@ -42,7 +56,13 @@ __all__ = [
     "list_models",
     "make_activation",
     "noiseresnet18",
+    "noiseresnet34",
+    "noiseresnet50",
+    "noiseresnet101",
+    "noiseresnet152",
     "perturb_resnet18",
+    "perturb_resnet34",
+    "perturb_resnet50",
     "register_model",
     "resnet18",
 ]

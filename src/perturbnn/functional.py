@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from perturbnn._validation import check_batch, check_choice
+from perturbnn._validation import check_batch, check_choice, check_positive_int
 from perturbnn.kernels.activation import pointwise_activation
 from perturbnn.kernels.chunked import perturb_act_conv2d_chunked
 from perturbnn.kernels.compiled import perturb_act_conv2d_compiled
 from perturbnn.kernels.linear import perturb_conv2d_linear
 
-__all__ = ["IMPLS", "check_perturb_input", "perturb", "perturb_conv2d", "resolve_impl"]
+__all__ = ["IMPLS", "check_perturb_input", "perturb", "perturb_conv2d", "pool", "resolve_impl"]
 
 #: Valid ``impl`` names of :func:`perturb_conv2d` and the layers: ``"grouped"`` (the literal
 #: formulation; the reference, and cuDNN's grouped convolution on CUDA), ``"eager"`` (exact fast
@@ -144,6 +144,8 @@ def perturb_conv2d(
     level: float,
     activation: Optional[Callable[[Tensor], Tensor]] = None,
     impl: str = "grouped",
+    stride: int = 1,
+    pool_type: str = "max",
 ) -> Tensor:
     """Perturb ``x`` with noise masks, optionally activate, then mix with a 1x1 convolution.
 
@@ -166,6 +168,10 @@ def perturb_conv2d(
       differentiable twice. Where compilation is unavailable it warns once and uses
       ``"eager"``. Without activation it is ``"eager"``'s algebraic form.
 
+    While ``torch.export.export`` or ``torch.onnx.export`` traces the layer, the blocked paths
+    with an activation (``"eager"``, ``"compiled"``) give way to the literal formulation, which
+    exports as plain operators (same numbers).
+
     Under ``torch.autocast`` the fast paths run in the autocast dtype, as the grouped path's
     ``conv2d`` does. Measurements: ``docs/performance.md``.
 
@@ -178,9 +184,15 @@ def perturb_conv2d(
         activation: optional function applied to the perturbed tensor before the 1x1
             convolution.
         impl: ``"grouped"``, ``"eager"``, ``"compiled"`` or ``"auto"`` (see :data:`IMPLS`).
+        stride: downsampling after the layer: a ``pool_type`` pooling with window and stride
+            ``stride`` and ``ceil_mode=True``, so the output has ``ceil(height / stride)`` rows,
+            as an ``nn.Conv2d`` with an odd kernel, ``padding = kernel_size // 2`` and this
+            stride (the original paper's blocks downsample by pooling after a noise layer).
+        pool_type: ``"max"`` or ``"avg"``.
 
     Returns:
-        ``Tensor[batch_size, out_channels, height, width]`` of ``x``'s dtype.
+        ``Tensor[batch_size, out_channels, ceil(height / stride), ceil(width / stride)]`` of
+        ``x``'s dtype.
 
     Raises:
         TypeError, ValueError: see :func:`check_perturb_input`; ``ValueError`` if ``weight`` does
@@ -204,7 +216,17 @@ def perturb_conv2d(
             f"weight must have shape {expected} for {channels} input channels and "
             f"nmasks={nmasks}, got {tuple(weight.shape)}"
         )
+    if stride != 1:
+        return pool(
+            perturb_conv2d(x, masks, weight, bias, level=level, activation=activation, impl=impl),
+            stride,
+            pool_type,
+        )
     path = resolve_impl(impl, nmasks, activation)
+    if path in ("chunked", "compiled") and _exporting():
+        # The blocked kernels write into preallocated buffers, which torch.export cannot trace;
+        # the literal formulation gives the same numbers and exports as plain operators.
+        path = "grouped"
     if path != "grouped":
         check_perturb_input(x, masks)
         if groups > 1 and weight.shape[0] % channels != 0:
@@ -225,6 +247,44 @@ def perturb_conv2d(
     return F.conv2d(
         y, weight.to(y.dtype), None if bias is None else bias.to(y.dtype), groups=groups
     )
+
+
+def pool(x: Tensor, stride: int, pool_type: str = "max") -> Tensor:
+    """Downsample by ``stride``: the pooling a strided perturbation layer ends with.
+
+    Args:
+        x: ``Tensor[batch_size, channels, height, width]``.
+        stride: window and stride of the pooling (``ceil_mode=True``: partial windows at the
+            border count, averaging only the pixels inside).
+        pool_type: ``"max"`` or ``"avg"``.
+
+    Returns:
+        ``Tensor[batch_size, channels, ceil(height / stride), ceil(width / stride)]``.
+
+    Raises:
+        TypeError, ValueError: on a non-positive ``stride`` or an unknown ``pool_type``.
+
+    Example::
+
+        >>> pool(torch.randn(2, 3, 9, 12), 2).shape
+        torch.Size([2, 3, 5, 6])
+    """
+    check_positive_int("stride", stride)
+    check_choice("pool_type", pool_type, ("max", "avg"))
+    if stride == 1:
+        return x
+    if pool_type == "max":
+        return F.max_pool2d(x, stride, stride, ceil_mode=True)
+    return F.avg_pool2d(x, stride, stride, ceil_mode=True)
+
+
+def _exporting() -> bool:
+    """``True`` while ``torch.export`` (and so ``torch.onnx.export``) traces the model."""
+    compiler = getattr(torch, "compiler", None)
+    is_exporting = getattr(compiler, "is_exporting", None)
+    if is_exporting is not None and bool(is_exporting()):
+        return True
+    return bool(torch.onnx.is_in_onnx_export())
 
 
 def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:

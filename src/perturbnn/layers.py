@@ -12,6 +12,7 @@ from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from perturbnn import functional as PF
 from perturbnn._validation import (
@@ -30,10 +31,38 @@ __all__ = ["NOISE_TYPES", "MixMaps", "NoiseMask", "PerturbConv2d", "PerturbLayer
 #: Valid ``noise_type`` names: ``uniform`` draws from U[-1, 1), ``normal`` from N(0, 1).
 NOISE_TYPES = ("uniform", "normal")
 
+#: Valid ``pool_type`` names of a strided perturbation layer.
+POOL_TYPES = ("max", "avg")
+
 DeviceLike = Union[torch.device, str, int, None]
 
 
-class NoiseMask(nn.Module):
+def _draw_seed(generator: torch.Generator) -> int:
+    """A seed drawn from ``generator``: lazy masks are drawn later from a generator seeded with it,
+    so the module keeps no reference to ``generator`` and stays deep-copyable and picklable."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+
+
+def _replicate(module: Any) -> Any:
+    """``nn.DataParallel`` replication: refused only before a lazy layer's first forward."""
+    if module.has_uninitialized_params():
+        raise RuntimeError(
+            f"{type(module).__name__} has lazy masks (input_size=None) and has not run yet; "
+            "run one forward (or give input_size) before nn.DataParallel replicates it"
+        )
+    return nn.Module._replicate_for_data_parallel(module)  # type: ignore[no-untyped-call]
+
+
+def _drop_lazy_hooks(module: nn.Module) -> None:
+    """Remove the hooks ``LazyModuleMixin`` registered, as its ``_infer_parameters`` does."""
+    for name in ("_initialize_hook", "_load_hook"):
+        handle = module.__dict__.get(name)
+        if handle is not None:
+            handle.remove()
+            delattr(module, name)
+
+
+class NoiseMask(LazyModuleMixin, nn.Module):
     """Fixed (or trainable) additive noise masks: the perturbation of a PNN layer.
 
     Holds ``nmasks`` masks per input channel (``unique_masks=True``) or one set of ``nmasks``
@@ -49,14 +78,16 @@ class NoiseMask(nn.Module):
     Args:
         channels: number of input channels ``C``.
         nmasks: masks per input channel (the paper's fanout).
-        input_size: spatial size of the maps to perturb, ``int`` or ``(height, width)``.
+        input_size: spatial size of the maps to perturb, ``int`` or ``(height, width)``;
+            ``None``: taken from the first input (lazy).
         level: noise amplitude (same units as the input); ``0`` disables the noise.
         noise_type: ``"uniform"`` (U[-1, 1)) or ``"normal"`` (N(0, 1)).
         unique_masks: distinct masks for every channel if ``True``, shared otherwise.
         train_masks: make the masks a trainable ``nn.Parameter``.
         generator: CPU ``torch.Generator`` to draw the masks from (default: the global RNG).
             The masks are drawn on the CPU in float32 and then copied, so a seed gives the same
-            masks on every device.
+            masks on every device. A lazy module draws one seed from it at construction and
+            its masks from that seed on the first forward.
         device, dtype: factory keyword arguments, as in ``torch.nn``.
 
     Shape:
@@ -68,22 +99,27 @@ class NoiseMask(nn.Module):
     Raises:
         TypeError: on an argument of the wrong type.
         ValueError: on a non-positive ``channels``/``nmasks``/``input_size``, a negative or
-            non-finite ``level``, or an unknown ``noise_type``.
+            non-finite ``level``, or an unknown ``noise_type``; in ``forward``, on an input of
+            another spatial size than the masks'.
 
     Example::
 
         >>> noise = NoiseMask(3, 4, 8, level=0.1)
         >>> noise(torch.zeros(2, 3, 8, 8)).shape
         torch.Size([2, 12, 8, 8])
+        >>> lazy = NoiseMask(3, 4, level=0.1)
+        >>> lazy(torch.zeros(2, 3, 5, 7)).shape, lazy.input_size
+        (torch.Size([2, 12, 5, 7]), (5, 7))
     """
 
     masks: Tensor
+    cls_to_become = None
 
     def __init__(
         self,
         channels: int,
         nmasks: int,
-        input_size: SizeLike,
+        input_size: Optional[SizeLike] = None,
         *,
         level: float,
         noise_type: str = "uniform",
@@ -96,7 +132,9 @@ class NoiseMask(nn.Module):
         super().__init__()
         self.channels = check_positive_int("channels", channels)
         self.nmasks = check_positive_int("nmasks", nmasks)
-        self.input_size = check_size("input_size", input_size)
+        self.input_size: Optional[tuple[int, int]] = (
+            None if input_size is None else check_size("input_size", input_size)
+        )
         self.level = check_level("level", level)
         self.noise_type = check_choice("noise_type", noise_type, NOISE_TYPES)
         self.unique_masks = check_bool("unique_masks", unique_masks)
@@ -105,20 +143,89 @@ class NoiseMask(nn.Module):
             raise TypeError(
                 f"generator must be a torch.Generator or None, got {type(generator).__name__}"
             )
-        shape = (channels if unique_masks else 1, nmasks, *self.input_size)
+        #: Seed of the lazy masks (drawn from ``generator``), or ``None`` for the global RNG.
+        self.seed: Optional[int] = None
+        shape = (channels if unique_masks else 1, nmasks, *(self.input_size or (0, 0)))
         masks = torch.empty(shape, device=device, dtype=dtype)
         if train_masks:
             self.masks = nn.Parameter(masks)
         else:
             self.register_buffer("masks", masks)
+        if self.input_size is None:
+            if generator is not None:
+                self.seed = _draw_seed(generator)
+        else:
+            _drop_lazy_hooks(self)
+            self.reset_parameters(generator)
+
+    def has_uninitialized_params(self) -> bool:
+        """``True`` until the masks have a size (lazy module not yet materialized)."""
+        return self.input_size is None
+
+    def _replicate_for_data_parallel(self) -> Any:
+        return _replicate(self)
+
+    def initialize_parameters(self, x: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Draw the masks for ``x``'s height and width if they have no size yet (lazy hook).
+
+        Raises:
+            TypeError, ValueError: if ``x`` is not a floating 4-D tensor.
+        """
+        if self.input_size is None:
+            check_batch(x)
+            self.materialize((int(x.shape[2]), int(x.shape[3])))
+
+    def materialize(self, input_size: SizeLike) -> None:
+        """Give a lazy module its size and draw its masks (from :attr:`seed` or the global RNG).
+
+        Args:
+            input_size: ``int`` or ``(height, width)``.
+
+        Raises:
+            TypeError, ValueError: on an invalid size.
+            RuntimeError: if the module already has a size.
+        """
+        self._allocate(check_size("input_size", input_size))
+        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
         self.reset_parameters(generator)
+
+    def _allocate(self, size: tuple[int, int]) -> None:
+        if self.input_size is not None:
+            raise RuntimeError(f"the masks already have a size, {self.input_size}")
+        shape = (self.masks.shape[0], self.nmasks, *size)
+        with torch.no_grad():
+            self.masks.data = torch.empty(shape, device=self.masks.device, dtype=self.masks.dtype)
+        self.input_size = size
+
+    def _lazy_load_hook(  # type: ignore[override]
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Before ``load_state_dict``: a lazy module takes the size of materialized masks."""
+        incoming = state_dict.get(prefix + "masks")
+        if self.input_size is None and isinstance(incoming, Tensor) and incoming.dim() == 4:
+            height, width = int(incoming.shape[2]), int(incoming.shape[3])
+            if height > 0 and width > 0:
+                self._allocate((height, width))
 
     def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
         """Draw new unit-noise masks in place (uniform in [-1, 1) or standard normal).
 
+        A lazy module has nothing to draw yet; with a ``generator`` it takes a new seed from it.
+
         Args:
             generator: CPU ``torch.Generator`` (default: the global RNG).
         """
+        if self.input_size is None:
+            if generator is not None:
+                self.seed = _draw_seed(generator)
+            return
         cpu = torch.empty(self.masks.shape, dtype=torch.float32)
         if self.noise_type == "uniform":
             cpu.uniform_(-1.0, 1.0, generator=generator)
@@ -127,10 +234,20 @@ class NoiseMask(nn.Module):
         with torch.no_grad():
             self.masks.copy_(cpu)
 
+    def check_input_size(self, x: Tensor) -> None:
+        """Raise ``ValueError`` naming both sizes if ``x``'s height and width are not the masks'."""
+        if self.input_size is not None and x.dim() == 4 and tuple(x.shape[2:]) != self.input_size:
+            raise ValueError(
+                f"input spatial size {tuple(x.shape[2:])} differs from the masks' size "
+                f"{self.input_size} (given as input_size, or taken from the first input of a "
+                "lazy layer); the noise masks are fixed, so every input must have that size"
+            )
+
     def forward(self, x: Tensor) -> Tensor:
         """Return ``x`` perturbed by every mask: see :func:`perturbnn.functional.perturb`."""
         if x.dim() == 4 and x.shape[1] != self.channels:
             raise ValueError(f"input must have {self.channels} channels, got {x.shape[1]}")
+        self.check_input_size(x)
         return PF.perturb(x, self.masks, self.level)
 
     def extra_repr(self) -> str:
@@ -144,23 +261,34 @@ class NoiseMask(nn.Module):
         return s
 
 
-class PerturbConv2d(nn.Module):
+class PerturbConv2d(LazyModuleMixin, nn.Module):
     """Drop-in replacement for a convolution: perturb with noise masks, activate, mix by 1x1 conv.
 
     ``y = conv1x1(act(x + level * masks))``, where the perturbed tensor has ``in_channels *
     nmasks`` maps. The 1x1 convolution is grouped by input channel (``groups = in_channels``) when
     ``nmasks > 1``, so each output map combines the perturbed versions of one input channel, and
-    dense when ``nmasks == 1``. There is no BatchNorm inside (see :class:`PerturbLayer`). Spatial
-    size is preserved.
+    dense when ``nmasks == 1``. There is no BatchNorm inside (see :class:`PerturbLayer`). The
+    perturbation keeps the spatial size; a ``stride`` is a ``pool_type`` pooling by ``stride``
+    after the 1x1 convolution (as the original paper's blocks downsample), which gives the output
+    size ``ceil(height / stride)`` of the ``nn.Conv2d`` with ``padding = kernel_size // 2``
+    (odd kernel) it replaces.
 
-    Source: PNN, Sec. 3, Eq. 2; the seed's ``PerturbLayer`` with ``filter_size=0``.
+    With ``input_size=None`` (the default) the masks take the first input's height and width
+    (see :class:`NoiseMask`); the layer is then fixed to that size.
+
+    Source: PNN, Sec. 3, Eq. 2; the seed's ``PerturbLayer`` with ``filter_size=0``; the
+    original code's pooling after a noise layer for downsampling.
 
     Args:
         in_channels: input channels ``C``.
         out_channels: output channels ``O``; a multiple of ``in_channels`` when ``nmasks > 1``.
         nmasks: noise masks per input channel (fanout).
-        input_size: spatial size of the input, ``int`` or ``(height, width)`` (the masks' size).
+        input_size: spatial size of the input, ``int`` or ``(height, width)`` (the masks' size);
+            ``None``: taken from the first input.
         level: noise amplitude.
+        stride: downsampling factor, a pooling by ``stride`` (window ``stride``, ``ceil_mode``)
+            after the layer.
+        pool_type: ``"max"`` or ``"avg"`` pooling for ``stride > 1``.
         noise_type, unique_masks, train_masks, generator: as in :class:`NoiseMask`.
         use_act: apply ``act`` between the perturbation and the 1x1 convolution.
         act: activation name (see :data:`perturbnn.activations.ACTIVATIONS`).
@@ -178,20 +306,25 @@ class PerturbConv2d(nn.Module):
 
     Shape:
         - Input: ``Tensor[batch_size, in_channels, height, width]``.
-        - Output: ``Tensor[batch_size, out_channels, height, width]``.
+        - Output: ``Tensor[batch_size, out_channels, ceil(height / stride), ceil(width / stride)]``.
         - ``weight``: ``Tensor[out_channels, in_channels * nmasks / groups, 1, 1]``.
 
     Raises:
         TypeError: on an argument of the wrong type.
         ValueError: on invalid sizes, level, names, or ``out_channels`` not a multiple of
-            ``in_channels`` under fanout.
+            ``in_channels`` under fanout; in ``forward``, on an input of another spatial size
+            than the masks'.
 
     Example::
 
         >>> layer = PerturbConv2d(16, 32, nmasks=4, input_size=8, level=0.1, use_act=True)
         >>> layer(torch.randn(2, 16, 8, 8)).shape
         torch.Size([2, 32, 8, 8])
+        >>> PerturbConv2d(16, 32, stride=2)(torch.randn(2, 16, 9, 12)).shape
+        torch.Size([2, 32, 5, 6])
     """
+
+    cls_to_become = None
 
     def __init__(
         self,
@@ -199,8 +332,10 @@ class PerturbConv2d(nn.Module):
         out_channels: int,
         nmasks: int = 1,
         *,
-        input_size: SizeLike,
+        input_size: Optional[SizeLike] = None,
         level: float = 0.1,
+        stride: int = 1,
+        pool_type: str = "max",
         noise_type: str = "uniform",
         unique_masks: bool = True,
         train_masks: bool = False,
@@ -220,6 +355,8 @@ class PerturbConv2d(nn.Module):
         self.nmasks = check_positive_int("nmasks", nmasks)
         self.use_act = check_bool("use_act", use_act)
         self.act = check_choice("act", act, ACTIVATIONS)
+        self.stride = check_positive_int("stride", stride)
+        self.pool_type = check_choice("pool_type", pool_type, POOL_TYPES)
         check_bool("bias", bias)
         if nmasks > 1 and out_channels % in_channels != 0:
             raise ValueError(
@@ -249,7 +386,26 @@ class PerturbConv2d(nn.Module):
             )
         else:
             self.register_parameter("bias", None)
+        if self.noise.input_size is not None:
+            _drop_lazy_hooks(self)
         self.reset_parameters()
+
+    @property
+    def input_size(self) -> Optional[tuple[int, int]]:
+        """``(height, width)`` of the masks, or ``None`` before a lazy layer's first input."""
+        return self.noise.input_size
+
+    def has_uninitialized_params(self) -> bool:
+        """``True`` until the masks have a size (lazy layer not yet materialized)."""
+        return self.noise.input_size is None
+
+    def _replicate_for_data_parallel(self) -> Any:
+        return _replicate(self)
+
+    def initialize_parameters(self, x: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Draw the masks for ``x``'s height and width if they have no size yet (lazy hook)."""
+        self.noise.initialize_parameters(x)
+        _drop_lazy_hooks(self.noise)
 
     def reset_parameters(self) -> None:
         """Initialise the 1x1 weights and bias as ``nn.Conv2d`` does; the masks are kept."""
@@ -268,6 +424,7 @@ class PerturbConv2d(nn.Module):
         """Apply the layer: see :func:`perturbnn.functional.perturb_conv2d`."""
         if x.dim() == 4 and x.shape[1] != self.in_channels:
             raise ValueError(f"input must have {self.in_channels} channels, got {x.shape[1]}")
+        self.noise.check_input_size(x)
         return PF.perturb_conv2d(
             x,
             self.noise.masks,
@@ -276,12 +433,18 @@ class PerturbConv2d(nn.Module):
             level=self.noise.level,
             activation=self.activation,
             impl=self.impl,
+            stride=self.stride,
+            pool_type=self.pool_type,
         )
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}"
         if self.nmasks != 1:
             s += f", nmasks={self.nmasks}"
+        if self.stride != 1:
+            s += f", stride={self.stride}"
+            if self.pool_type != "max":
+                s += f", pool_type={self.pool_type!r}"
         if self.use_act:
             s += f", use_act=True, act={self.act!r}"
         if self.bias is None:
@@ -352,8 +515,11 @@ class PerturbLayer(nn.Sequential):
     - ``filter_size == 0``: :class:`PerturbConv2d` + BatchNorm + activation, then :class:`MixMaps`
       when ``mix_maps=True``.
     - ``filter_size = n > 0`` (odd): ``n x n`` convolution + BatchNorm + activation, padding
-      ``n // 2``; ``n = 7`` has stride 2 (halving the map); the convolution has a bias only for
-      ``n = 1``. The noise options are then unused.
+      ``n // 2``; ``n = 7`` has stride 2 (halving the map) unless ``stride`` says otherwise; the
+      convolution has a bias only for ``n = 1``. The noise options are then unused.
+
+    ``stride`` downsamples both kinds to ``ceil(height / stride)``: the regular convolution's
+    stride, or a ``pool_type`` pooling right after the perturbation layer's 1x1 convolution.
 
     Source: the seed's ``PerturbLayer`` and its ``--filter_size``/``--first_filter_size``
     options. Deviation: the seed padded ``n = 5`` by 1 (shrinking the map by 2 pixels); here every
@@ -363,7 +529,10 @@ class PerturbLayer(nn.Sequential):
         in_channels, out_channels: channels in and out.
         nmasks: masks per input channel (``filter_size == 0`` only).
         filter_size: ``0`` for a perturbation layer, or an odd kernel size.
-        input_size: spatial size of the input; required when ``filter_size == 0``.
+        input_size: spatial size of the input; ``None``: a perturbation layer takes it from the
+            first input (lazy).
+        stride: downsampling factor; ``None``: 2 for ``filter_size == 7``, else 1.
+        pool_type: ``"max"`` or ``"avg"``, the pooling of a strided perturbation layer.
         level, noise_type, unique_masks, train_masks, use_act, generator: as in
             :class:`PerturbConv2d`.
         act: activation name, used after the BatchNorm (and inside when ``use_act``).
@@ -374,17 +543,18 @@ class PerturbLayer(nn.Sequential):
 
     Shape:
         - Input: ``Tensor[batch_size, in_channels, height, width]``.
-        - Output: ``Tensor[batch_size, out_channels, height', width']``, ``height' = height``
-          except ``ceil(height / 2)`` for ``filter_size == 7``.
+        - Output: ``Tensor[batch_size, out_channels, height', width']``,
+          ``height' = ceil(height / stride)``.
 
     Raises:
-        TypeError, ValueError: on invalid arguments, an even ``filter_size``, or a missing
-            ``input_size`` for a perturbation layer.
+        TypeError, ValueError: on invalid arguments or an even ``filter_size``.
 
     Example::
 
         >>> PerturbLayer(3, 16, filter_size=0, input_size=8)(torch.randn(2, 3, 8, 8)).shape
         torch.Size([2, 16, 8, 8])
+        >>> PerturbLayer(3, 16, stride=2)(torch.randn(2, 3, 8, 6)).shape
+        torch.Size([2, 16, 4, 3])
         >>> PerturbLayer(3, 16, filter_size=7)(torch.randn(2, 3, 8, 8)).shape
         torch.Size([2, 16, 4, 4])
     """
@@ -398,6 +568,8 @@ class PerturbLayer(nn.Sequential):
         filter_size: int = 0,
         input_size: Optional[SizeLike] = None,
         level: float = 0.5,
+        stride: Optional[int] = None,
+        pool_type: str = "max",
         noise_type: str = "uniform",
         unique_masks: bool = True,
         train_masks: bool = False,
@@ -427,12 +599,12 @@ class PerturbLayer(nn.Sequential):
         check_choice("noise_type", noise_type, NOISE_TYPES)
         check_choice("act", act, ACTIVATIONS)
         check_choice("impl", impl, PF.IMPLS)
+        if stride is None:
+            stride = 2 if filter_size == 7 else 1
+        check_positive_int("stride", stride)
+        check_choice("pool_type", pool_type, POOL_TYPES)
         modules: list[nn.Module]
         if filter_size == 0:
-            if input_size is None:
-                raise ValueError(
-                    "input_size is required when filter_size == 0 (it sizes the masks)"
-                )
             modules = [
                 PerturbConv2d(
                     in_channels,
@@ -440,6 +612,8 @@ class PerturbLayer(nn.Sequential):
                     nmasks,
                     input_size=input_size,
                     level=level,
+                    stride=stride,
+                    pool_type=pool_type,
                     noise_type=noise_type,
                     unique_masks=unique_masks,
                     train_masks=train_masks,
@@ -461,7 +635,7 @@ class PerturbLayer(nn.Sequential):
                     in_channels,
                     out_channels,
                     kernel_size=filter_size,
-                    stride=2 if filter_size == 7 else 1,
+                    stride=stride,
                     padding=filter_size // 2,
                     bias=filter_size == 1,
                     **factory_kwargs,
@@ -472,6 +646,7 @@ class PerturbLayer(nn.Sequential):
         super().__init__(*modules)
         self.in_channels = in_channels
         self.filter_size = filter_size
+        self.stride = stride
         self.input_size = None if input_size is None else check_size("input_size", input_size)
 
     def forward(self, x: Tensor) -> Tensor:

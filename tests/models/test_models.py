@@ -66,7 +66,19 @@ def test_seed_parameter_table(name, options, parameters, mask_values):
 
 
 def test_list_models():
-    assert list_models() == ["cifarnet", "lenet", "noiseresnet18", "perturb_resnet18", "resnet18"]
+    assert list_models() == [
+        "cifarnet",
+        "lenet",
+        "noiseresnet101",
+        "noiseresnet152",
+        "noiseresnet18",
+        "noiseresnet34",
+        "noiseresnet50",
+        "perturb_resnet18",
+        "perturb_resnet34",
+        "perturb_resnet50",
+        "resnet18",
+    ]
     for name in list_models():
         assert getattr(perturbnn, name) is not None
 
@@ -178,3 +190,92 @@ def test_builder_dtype_and_device_factory_kwargs():
         t.dtype == torch.float64 for t in model.state_dict().values() if t.is_floating_point()
     )
     assert model(torch.randn(1, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
+
+
+# Deeper ResNets (defaults: nfilters 64, level 0.5; perturb_* with first_filter_size 7):
+# (builder, trainable parameters and mask values for 10 classes at 32x32, the same for 1000
+# classes at 224x224). The same numbers are in docs/models.md.
+DEEP_TABLE = [
+    ("noiseresnet34", 2_568_266, 59_904, 3_076_136, 2_935_296),
+    ("noiseresnet50", 13_480_074, 38_912, 15_508_584, 1_906_688),
+    ("noiseresnet101", 23_572_362, 56_320, 25_600_872, 2_759_680),
+    ("noiseresnet152", 31_887_498, 77_824, 33_916_008, 3_813_376),
+    ("perturb_resnet34", 2_554_058, 59_904, 3_061_928, 2_935_296),
+    ("perturb_resnet50", 13_472_522, 38_912, 15_501_032, 1_906_688),
+]
+
+
+@pytest.mark.parametrize(("name", "cifar", "cifar_masks", "imagenet", "imagenet_masks"), DEEP_TABLE)
+def test_deep_parameter_table(name, cifar, cifar_masks, imagenet, imagenet_masks):
+    extra = {"first_filter_size": 7} if name.startswith("perturb") else {}
+    small = build_model(name, device="meta", **extra)
+    assert (count_parameters(small), count_mask_values(small)) == (cifar, cifar_masks)
+    large = build_model(name, device="meta", input_size=224, nclasses=1000, **extra)
+    assert (count_parameters(large), count_mask_values(large)) == (imagenet, imagenet_masks)
+
+
+@pytest.mark.parametrize(("name", "depth"), [("perturb_resnet34", 34), ("perturb_resnet50", 50)])
+def test_regular_layers_give_torchvision_resnet_parameter_counts(name, depth):
+    """With 3x3 layers everywhere the structure is He et al.'s: same count as torchvision's."""
+    import torchvision
+
+    reference = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    model = build_model(
+        name, filter_size=3, first_filter_size=7, nclasses=1000, input_size=224, device="meta"
+    )
+    assert count_parameters(model) == sum(p.numel() for p in reference.parameters())
+    assert count_mask_values(model) == 0
+
+
+DEEP = ["noiseresnet34", "noiseresnet50", "noiseresnet101", "noiseresnet152"]
+DEEP += ["perturb_resnet34", "perturb_resnet50"]
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_deep_shapes_cifar_imagenet_and_lazy(name):
+    torch.manual_seed(0)
+    fanout = {} if name.startswith("noise") else {"nmasks": 2, "nfilters": 3}
+    model = build_model(name, **{"nfilters": 2, "nclasses": 5, **fanout})
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    stem = {"first_filter_size": 7} if name.startswith("perturb") else {}
+    model = build_model(name, nfilters=2, nclasses=5, input_size=224, **stem)
+    kinds = [type(m) for m in model.stem.modules()]
+    assert torch.nn.MaxPool2d in kinds  # the original's 7x7 stride-2 stem and max pooling
+    out = model(torch.randn(1, 3, 224, 224))
+    assert out.shape == (1, 5)
+    lazy = build_model(name, nfilters=2, nclasses=5, input_size=None, **stem)
+    assert count_mask_values(lazy) == 0
+    out = lazy(torch.randn(2, 3, 45, 61))  # any size, non-square, odd
+    assert out.shape == (2, 5) and count_mask_values(lazy) > 0
+    out.sum().backward()
+    with pytest.raises(ValueError, match="differs from the masks' size"):
+        lazy(torch.randn(2, 3, 61, 45))
+
+
+def test_perturb_bottleneck_block():
+    block = perturbnn.PerturbBottleneck(8, 4, stride=2, nmasks=2, input_size=9)
+    assert block(torch.randn(2, 8, 9, 9)).shape == (2, 16, 5, 5)
+    assert block.shortcut is not None
+    identity = perturbnn.PerturbBottleneck(16, 4)
+    assert identity.shortcut is None
+    assert identity(torch.randn(2, 16, 6, 7)).shape == (2, 16, 6, 7)
+    with pytest.raises(ValueError, match="planes"):
+        perturbnn.PerturbBottleneck(16, 0)
+
+
+@pytest.mark.parametrize("name", ["lenet", "cifarnet"])
+def test_plain_nets_need_an_input_size(name):
+    with pytest.raises(ValueError, match="needs input_size"):
+        build_model(name, input_size=None)
+
+
+def test_lazy_network_state_dict_materializes_a_fresh_lazy_network():
+    torch.manual_seed(0)
+    trained = build_model("perturb_resnet18", nfilters=3, nmasks=2, input_size=None).eval()
+    x = torch.randn(2, 3, 40, 24)
+    expected = trained(x)
+    fresh = build_model("perturb_resnet18", nfilters=3, nmasks=2, input_size=None).eval()
+    assert count_mask_values(fresh) == 0
+    fresh.load_state_dict(trained.state_dict())
+    assert count_mask_values(fresh) == count_mask_values(trained) > 0
+    assert torch.equal(fresh(x), expected)

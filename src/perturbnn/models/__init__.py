@@ -11,9 +11,16 @@ from perturbnn.models.lenet import lenet
 from perturbnn.models.resnet import (
     BasicBlock,
     NoiseLayer,
+    PerturbBottleneck,
     ResNet,
     noiseresnet18,
+    noiseresnet34,
+    noiseresnet50,
+    noiseresnet101,
+    noiseresnet152,
     perturb_resnet18,
+    perturb_resnet34,
+    perturb_resnet50,
     resnet18,
 )
 
@@ -23,6 +30,7 @@ __all__ = [
     "ModelConfig",
     "ModelOptions",
     "NoiseLayer",
+    "PerturbBottleneck",
     "PlainNet",
     "ResNet",
     "build_model",
@@ -30,7 +38,13 @@ __all__ = [
     "lenet",
     "list_models",
     "noiseresnet18",
+    "noiseresnet34",
+    "noiseresnet50",
+    "noiseresnet101",
+    "noiseresnet152",
     "perturb_resnet18",
+    "perturb_resnet34",
+    "perturb_resnet50",
     "register_model",
     "resnet18",
 ]

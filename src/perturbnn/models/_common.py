@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import Tensor, nn
 
 from perturbnn._validation import check_batch
@@ -13,16 +15,21 @@ __all__ = ["check_model_input", "make_pool", "stem_layer"]
 _POOLS: dict[str, type[nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 
-def make_pool(pool_type: str, kernel_size: int, stride: int, padding: int = 0) -> nn.Module:
+def make_pool(
+    pool_type: str, kernel_size: int, stride: int, padding: int = 0, ceil_mode: bool = False
+) -> nn.Module:
     """Return a ``MaxPool2d`` or ``AvgPool2d`` for ``pool_type`` ``"max"`` or ``"avg"``.
+
+    ``ceil_mode=True`` rounds the output size up, as a strided shortcut convolution does, so a
+    residual block works on odd sizes too (the lazy ResNets take any input size).
 
     Raises:
         KeyError: never for a validated :class:`ModelConfig` (``pool_type`` checked there).
     """
-    return _POOLS[pool_type](kernel_size, stride, padding)
+    return _POOLS[pool_type](kernel_size, stride, padding, ceil_mode=ceil_mode)
 
 
-def stem_layer(config: ModelConfig) -> tuple[PerturbLayer, int]:
+def stem_layer(config: ModelConfig) -> tuple[PerturbLayer, Optional[int]]:
     """The first layer of the seed's networks, and the spatial size it outputs.
 
     A :class:`PerturbLayer` with ``first_filter_size``, noise ``level * scale_noise`` and the
@@ -55,6 +62,8 @@ def stem_layer(config: ModelConfig) -> tuple[PerturbLayer, int]:
         generator=config.generator,
         **config.factory_kwargs,
     )
+    if config.input_size is None:
+        return layer, None
     return layer, conv_output_size(config.input_size, config.first_filter_size)
 
 
@@ -73,7 +82,7 @@ def check_model_input(x: Tensor, config: ModelConfig, reference: Tensor) -> None
     check_batch(
         x,
         channels=config.in_channels,
-        size=(config.input_size, config.input_size),
+        size=None if config.input_size is None else (config.input_size, config.input_size),
         size_name="(input_size, input_size)",
         device=reference.device,
         device_name="the model",

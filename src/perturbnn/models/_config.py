@@ -44,7 +44,7 @@ class ModelOptions(TypedDict, total=False):
     noise_type: str
     mix_maps: bool
     impl: str
-    input_size: int
+    input_size: Optional[int]
     in_channels: int
     generator: Optional[torch.Generator]
     device: Union[torch.device, str, int, None]
@@ -73,7 +73,8 @@ class ModelConfig:
             ``"eager"`` or ``"compiled"`` (see :class:`~perturbnn.PerturbConv2d`). It does not
             change the network, so every builder accepts it (those without perturbation layers
             ignore it).
-        input_size: side of the square input images, pixels.
+        input_size: side of the square input images, pixels; ``None`` (ResNets only): any
+            height and width, the noise masks are drawn on the first forward (lazy).
         in_channels: channels of the input images (3 for CIFAR-10, 1 for MNIST).
         generator: CPU ``torch.Generator`` for the noise masks (default: global RNG).
         device, dtype: factory keyword arguments.
@@ -95,7 +96,7 @@ class ModelConfig:
     noise_type: str = "uniform"
     mix_maps: bool = False
     impl: str = "auto"
-    input_size: int = 32
+    input_size: Optional[int] = 32
     in_channels: int = 3
     generator: Optional[torch.Generator] = None
     device: Union[torch.device, str, int, None] = None
@@ -103,7 +104,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("nfilters", "nclasses", "nmasks", "input_size", "in_channels"):
-            check_positive_int(name, getattr(self, name))
+            if name != "input_size" or self.input_size is not None:
+                check_positive_int(name, getattr(self, name))
         for name in ("filter_size", "first_filter_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):

@@ -45,7 +45,12 @@ def build_plain_net(name: str, config: ModelConfig, widths: list[list[int]]) -> 
         ValueError: if the input is smaller than 8 pixels after the stem, or a layer's channels
             are not a multiple of its input channels under fanout.
     """
+    if config.input_size is None:
+        raise ValueError(
+            f"{name} needs input_size (its linear layer is sized by the pooled maps), got None"
+        )
     stem, size = stem_layer(config)
+    assert size is not None
     if size < 8:
         raise ValueError(
             f"{name} pools its feature maps {len(widths)} times and needs at least 8 pixels after "

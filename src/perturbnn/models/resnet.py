@@ -1,31 +1,51 @@
-"""ResNet-18 family: the CIFAR baseline, the original PNN network and the seed's PNN ResNet.
+"""ResNet family: the CIFAR baseline, the original PNN networks and the seed's PNN ResNets.
 
-Source: He et al., "Deep Residual Learning", CVPR 2016 (ResNet-18, CIFAR variant); PNN, CVPR 2018,
-Sec. 4 (``noiseresnet18``); the seed reproduction's ``perturb_resnet18``.
+Source: He et al., "Deep Residual Learning", CVPR 2016 (ResNet-18/34 basic blocks, ResNet-50/101/
+152 bottleneck blocks); PNN, CVPR 2018, Sec. 4 (``noiseresnet18`` and the original code's
+``noiseresnet34/50/101/152``); the seed reproduction's ``perturb_resnet18``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import Unpack
 
+from perturbnn._validation import check_positive_int
 from perturbnn.activations import make_activation
 from perturbnn.layers import NoiseMask, PerturbLayer
 from perturbnn.models._common import check_model_input, make_pool, stem_layer
 from perturbnn.models._config import ModelConfig, ModelOptions
 from perturbnn.models._registry import register_model
 
-__all__ = ["BasicBlock", "ResNet", "noiseresnet18", "perturb_resnet18", "resnet18"]
+__all__ = [
+    "BasicBlock",
+    "PerturbBottleneck",
+    "ResNet",
+    "noiseresnet18",
+    "noiseresnet34",
+    "noiseresnet50",
+    "noiseresnet101",
+    "noiseresnet152",
+    "perturb_resnet18",
+    "perturb_resnet34",
+    "perturb_resnet50",
+    "resnet18",
+]
 
 #: Number of residual blocks per stage and stage strides of ResNet-18.
 _BLOCKS = (2, 2, 2, 2)
 _STRIDES = (1, 2, 2, 2)
+#: Blocks per stage of the deeper ResNets (He et al., Table 1).
+_DEPTHS = {34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+#: Channel expansion of a bottleneck block's last 1x1 convolution.
+EXPANSION = 4
 
-BodyFactory = Callable[[int, int, int, int], nn.Module]
+BodyFactory = Callable[[int, int, int, Optional[int]], nn.Module]
 
 
 class BasicBlock(nn.Module):
@@ -48,10 +68,11 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """A stem, four stages of two :class:`BasicBlock` s, global average pooling, a linear layer.
+    """A stem, four stages of residual blocks, global average pooling, a linear layer.
 
     Shape:
-        - Input: ``Tensor[batch_size, in_channels, input_size, input_size]``.
+        - Input: ``Tensor[batch_size, in_channels, input_size, input_size]`` (any height and
+          width with ``input_size=None``; the first input fixes it).
         - Output: logits ``Tensor[batch_size, nclasses]``.
     """
 
@@ -84,27 +105,49 @@ def _shortcut(
     )
 
 
-def _stages(config: ModelConfig, input_size: int, body: BodyFactory) -> list[nn.Module]:
-    """Four stages of ``nfilters * (1, 2, 4, 8)`` channels; ``body(in, out, stride, size)``."""
+def _stages(
+    config: ModelConfig,
+    input_size: Optional[int],
+    body: BodyFactory,
+    depths: tuple[int, ...] = _BLOCKS,
+    expansion: int = 1,
+    block: Optional[BodyFactory] = None,
+) -> list[nn.Module]:
+    """Four stages of ``nfilters * (1, 2, 4, 8) * expansion`` output channels.
+
+    Each block is ``BasicBlock(body(in, planes, stride, size), shortcut)``, or
+    ``block(in, planes, stride, size)`` when given (it then makes its own shortcut). ``size`` is
+    the side of the block's input map, ``None`` for lazy masks.
+    """
     in_channels, size = config.nfilters, input_size
     stages: list[nn.Module] = []
-    for index, (nblocks, stride) in enumerate(zip(_BLOCKS, _STRIDES)):
-        out_channels = config.nfilters * 2**index
+    for index, (nblocks, stride) in enumerate(zip(depths, _STRIDES)):
+        planes = config.nfilters * 2**index
+        out_channels = planes * expansion
         blocks = []
-        for block in range(nblocks):
-            s = stride if block == 0 else 1
-            blocks.append(
-                BasicBlock(
-                    body(in_channels, out_channels, s, size),
-                    _shortcut(in_channels, out_channels, s, config),
+        for number in range(nblocks):
+            s = stride if number == 0 else 1
+            if block is not None:
+                blocks.append(block(in_channels, planes, s, size))
+            else:
+                blocks.append(
+                    BasicBlock(
+                        body(in_channels, planes, s, size),
+                        _shortcut(in_channels, out_channels, s, config),
+                    )
                 )
-            )
-            in_channels, size = out_channels, (size + s - 1) // s
+            in_channels, size = out_channels, _pooled(size, s)
         stages.append(nn.Sequential(*blocks))
     return stages
 
 
-def _check_pooled_size(name: str, config: ModelConfig, stage_input: int) -> None:
+def _pooled(size: Optional[int], stride: int) -> Optional[int]:
+    return None if size is None else (size + stride - 1) // stride
+
+
+def _check_pooled_size(name: str, config: ModelConfig, stage_input: Optional[int]) -> None:
+    if stage_input is None:
+        return
     if stage_input < 8 or stage_input % 8 != 0:
         raise ValueError(
             f"{name} halves its feature maps three times by pooling, so the map entering its first "
@@ -148,7 +191,7 @@ def resnet18(**options: Unpack[ModelOptions]) -> ResNet:
     config = ModelConfig.from_options("resnet18", options, used=frozenset())
     fk = config.factory_kwargs
 
-    def body(in_channels: int, out_channels: int, stride: int, size: int) -> nn.Module:
+    def body(in_channels: int, out_channels: int, stride: int, size: Optional[int]) -> nn.Module:
         return nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False, **fk),
             nn.BatchNorm2d(out_channels, **fk),
@@ -174,7 +217,9 @@ class NoiseLayer(nn.Sequential):
         ``Tensor[B, in_channels, size, size]`` to ``Tensor[B, out_channels, size, size]``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, size: int, config: ModelConfig) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, size: Optional[int], config: ModelConfig
+    ) -> None:
         fk = config.factory_kwargs
         super().__init__(
             NoiseMask(
@@ -194,41 +239,110 @@ class NoiseLayer(nn.Sequential):
         )
 
 
-@register_model
-def noiseresnet18(**options: Unpack[ModelOptions]) -> ResNet:
-    """The original paper's PNN ResNet-18: a regular first layer, then noise layers of fanout 1.
+class PerturbBottleneck(BasicBlock):
+    """Bottleneck residual block with a PNN layer in the middle: ``relu(body(x) + shortcut(x))``.
 
-    Stem: ``first_filter_size`` 7 (stride 2, then 3x3 max pooling: the default) or 3 regular
-    convolution + BatchNorm + ReLU. Each block: :class:`NoiseLayer`, pooling by the stride,
-    BatchNorm, activation, :class:`NoiseLayer`, BatchNorm. Masks are as large as the maps they
-    perturb.
+    Body: 1x1 convolution (``in_channels`` to ``planes``, no bias) + BatchNorm + activation; a
+    :class:`~perturbnn.PerturbLayer` (``planes`` to ``planes``) with ``filter_size`` (0: the
+    perturbation layer that replaces ResNet's 3x3 convolution; n: a regular n x n one) and the
+    block's ``stride`` (pooling after a perturbation layer, the convolution's stride otherwise);
+    1x1 convolution to ``planes * 4`` (no bias) + BatchNorm. Shortcut: identity, or a strided 1x1
+    convolution (no bias) + BatchNorm when the shape changes. With ``filter_size=3`` it is
+    torchvision's ResNet-50 bottleneck (stride on the 3x3 convolution).
 
-    Source: PNN, CVPR 2018 (the authors' ``noiseresnet18``); seed experiments 2 and 3.
+    Source: He et al., CVPR 2016 (bottleneck block); PNN, CVPR 2018 (a perturbation layer in
+    place of each 3x3 convolution; users of the original code asked for this block).
 
     Args:
-        **options: ``nfilters``, ``nclasses``, ``level``, ``first_filter_size`` (7 or 3),
-            ``act``, ``pool_type``, ``unique_masks``, ``train_masks``, ``noise_type``,
-            ``input_size``, ``in_channels``, ``generator``, ``device``, ``dtype``; ``impl`` is
-            accepted and ignored (its noise layers have no fast path).
+        in_channels: input channels.
+        planes: width of the bottleneck; the block outputs ``planes * 4`` channels.
+        stride: downsampling factor of the block.
+        nmasks, filter_size, input_size, level, noise_type, unique_masks, train_masks, use_act, act, mix_maps, pool_type, impl, generator: as in :class:`~perturbnn.PerturbLayer`
+            (for its middle layer; ``input_size`` is the block input's side, ``None``: lazy).
+        device, dtype: factory keyword arguments.
 
-    Returns:
-        A :class:`ResNet`.
+    Shape:
+        ``Tensor[B, in_channels, H, W]`` to ``Tensor[B, 4 * planes, ceil(H / stride),
+        ceil(W / stride)]``.
 
     Raises:
-        TypeError, ValueError: on an invalid option, ``first_filter_size`` not 3 or 7, or an
-            input size that the pooling cannot halve three times.
+        TypeError, ValueError: on invalid arguments (see :class:`~perturbnn.PerturbLayer`).
 
     Example::
 
-        >>> noiseresnet18(nfilters=8)(torch.randn(2, 3, 32, 32)).shape
-        torch.Size([2, 10])
+        >>> PerturbBottleneck(64, 16, stride=2)(torch.randn(2, 64, 8, 8)).shape
+        torch.Size([2, 64, 4, 4])
     """
-    config = ModelConfig.from_options(
-        "noiseresnet18", options, used=_NOISE_OPTIONS, defaults={"first_filter_size": 7}
-    )
+
+    expansion = EXPANSION
+
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        nmasks: int = 1,
+        filter_size: int = 0,
+        input_size: Optional[int] = None,
+        level: float = 0.5,
+        noise_type: str = "uniform",
+        unique_masks: bool = True,
+        train_masks: bool = False,
+        use_act: bool = True,
+        act: str = "relu",
+        mix_maps: bool = False,
+        pool_type: str = "max",
+        impl: str = "auto",
+        generator: Optional[torch.Generator] = None,
+        device: Union[torch.device, str, int, None] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        fk: dict[str, Any] = {"device": device, "dtype": dtype}
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("planes", planes)
+        check_positive_int("stride", stride)
+        out_channels = planes * EXPANSION
+        body = nn.Sequential(
+            nn.Conv2d(in_channels, planes, 1, bias=False, **fk),
+            nn.BatchNorm2d(planes, **fk),
+            make_activation(act),
+            PerturbLayer(
+                planes,
+                planes,
+                nmasks,
+                filter_size=filter_size,
+                input_size=input_size,
+                level=level,
+                stride=stride,
+                pool_type=pool_type,
+                noise_type=noise_type,
+                unique_masks=unique_masks,
+                train_masks=train_masks,
+                use_act=use_act,
+                act=act,
+                mix_maps=mix_maps,
+                impl=impl,
+                generator=generator,
+                **fk,
+            ),
+            nn.Conv2d(planes, out_channels, 1, bias=False, **fk),
+            nn.BatchNorm2d(out_channels, **fk),
+        )
+        shortcut: Optional[nn.Module] = None
+        if stride != 1 or in_channels != out_channels:
+            shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False, **fk),
+                nn.BatchNorm2d(out_channels, **fk),
+            )
+        super().__init__(body, shortcut)
+
+
+def _regular_stem(name: str, config: ModelConfig) -> tuple[nn.Sequential, Optional[int]]:
+    """The original's regular first layer: 7x7 stride 2 + 3x3 max pooling, or 3x3."""
     if config.first_filter_size not in (3, 7):
         raise ValueError(
-            "noiseresnet18's first layer is a regular convolution: first_filter_size must be 3 or "
+            f"{name}'s first layer is a regular convolution: first_filter_size must be 3 or "
             f"7, got {config.first_filter_size} (use perturb_resnet18 for noise in the first layer)"
         )
     fk = config.factory_kwargs
@@ -249,22 +363,212 @@ def noiseresnet18(**options: Unpack[ModelOptions]) -> ResNet:
     size = config.input_size
     if k == 7:
         stem_modules.append(nn.MaxPool2d(3, 2, 1))
-        size = ((size + 1) // 2 + 1) // 2
-    _check_pooled_size("noiseresnet18", config, size)
+        size = _pooled(_pooled(size, 2), 2)
+    _check_pooled_size(name, config, size)
+    return nn.Sequential(*stem_modules), size
 
-    def body(in_channels: int, out_channels: int, stride: int, size: int) -> nn.Module:
+
+def _noiseresnet(name: str, depth: int, options: ModelOptions) -> ResNet:
+    """The original's noise ResNet of ``depth`` layers (basic blocks up to 34, bottlenecks after)."""
+    config = ModelConfig.from_options(
+        name, options, used=_NOISE_OPTIONS, defaults={"first_filter_size": 7}
+    )
+    fk = config.factory_kwargs
+    stem, size = _regular_stem(name, config)
+
+    def noise_stage(channels: int, stride: int, size: Optional[int]) -> list[nn.Module]:
+        return [
+            NoiseLayer(channels, channels, size, config),
+            make_pool(config.pool_type, stride, stride, ceil_mode=True),
+            nn.BatchNorm2d(channels, **fk),
+            make_activation(config.act),
+        ]
+
+    def basic(in_channels: int, out_channels: int, stride: int, size: Optional[int]) -> nn.Module:
         return nn.Sequential(
             NoiseLayer(in_channels, out_channels, size, config),
-            make_pool(config.pool_type, stride, stride),
+            make_pool(config.pool_type, stride, stride, ceil_mode=True),
             nn.BatchNorm2d(out_channels, **fk),
             make_activation(config.act),
-            NoiseLayer(out_channels, out_channels, size // stride, config),
+            NoiseLayer(out_channels, out_channels, _pooled(size, stride), config),
             nn.BatchNorm2d(out_channels, **fk),
         )
 
-    return ResNet(
-        nn.Sequential(*stem_modules), _stages(config, size, body), 8 * config.nfilters, config
-    )
+    def bottleneck(in_channels: int, planes: int, stride: int, size: Optional[int]) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, planes, 1, bias=False, **fk),
+            nn.BatchNorm2d(planes, **fk),
+            make_activation(config.act),
+            *noise_stage(planes, stride, size),
+            nn.Conv2d(planes, planes * EXPANSION, 1, bias=False, **fk),
+            nn.BatchNorm2d(planes * EXPANSION, **fk),
+        )
+
+    if depth < 50:
+        stages = _stages(config, size, basic, _DEPTHS.get(depth, _BLOCKS))
+        return ResNet(stem, stages, 8 * config.nfilters, config)
+    stages = _stages(config, size, bottleneck, _DEPTHS[depth], EXPANSION)
+    return ResNet(stem, stages, 8 * config.nfilters * EXPANSION, config)
+
+
+def _perturb_resnet(name: str, depth: int, options: ModelOptions) -> ResNet:
+    """The seed's PerturbLayer ResNet of ``depth`` layers."""
+    used = frozenset(ModelConfig.__dataclass_fields__) - {"dropout"}
+    config = ModelConfig.from_options(name, options, used=used)
+    stem, size = stem_layer(config)
+    stem_modules: list[nn.Module] = [stem]
+    if config.first_filter_size == 7:
+        stem_modules.append(nn.MaxPool2d(3, 2, 1))
+        size = _pooled(size, 2)
+    _check_pooled_size(name, config, size)
+    layer_options: dict[str, Any] = {
+        "filter_size": config.filter_size,
+        "level": config.level,
+        "noise_type": config.noise_type,
+        "unique_masks": config.unique_masks,
+        "train_masks": config.train_masks,
+        "use_act": True,
+        "act": config.act,
+        "mix_maps": config.mix_maps,
+        "impl": config.impl,
+        "generator": config.generator,
+        **config.factory_kwargs,
+    }
+
+    def body(in_channels: int, out_channels: int, stride: int, size: Optional[int]) -> nn.Module:
+        modules: list[nn.Module] = [
+            PerturbLayer(in_channels, out_channels, config.nmasks, input_size=size, **layer_options)
+        ]
+        if stride > 1:
+            modules.append(make_pool(config.pool_type, stride, stride, ceil_mode=True))
+        modules.append(
+            PerturbLayer(
+                out_channels,
+                out_channels,
+                config.nmasks,
+                input_size=_pooled(size, stride),
+                **layer_options,
+            )
+        )
+        return nn.Sequential(*modules)
+
+    def bottleneck(in_channels: int, planes: int, stride: int, size: Optional[int]) -> nn.Module:
+        return PerturbBottleneck(
+            in_channels,
+            planes,
+            stride,
+            nmasks=config.nmasks,
+            input_size=size,
+            pool_type=config.pool_type,
+            **layer_options,
+        )
+
+    stem_module = nn.Sequential(*stem_modules)
+    if depth < 50:
+        stages = _stages(config, size, body, _DEPTHS.get(depth, _BLOCKS))
+        return ResNet(stem_module, stages, 8 * config.nfilters, config)
+    stages = _stages(config, size, body, _DEPTHS[depth], EXPANSION, block=bottleneck)
+    return ResNet(stem_module, stages, 8 * config.nfilters * EXPANSION, config)
+
+
+@register_model
+def noiseresnet18(**options: Unpack[ModelOptions]) -> ResNet:
+    """The original paper's PNN ResNet-18: a regular first layer, then noise layers of fanout 1.
+
+    Stem: ``first_filter_size`` 7 (stride 2, then 3x3 max pooling: the default) or 3 regular
+    convolution + BatchNorm + ReLU. Each block: :class:`NoiseLayer`, pooling by the stride,
+    BatchNorm, activation, :class:`NoiseLayer`, BatchNorm. Masks are as large as the maps they
+    perturb.
+
+    Source: PNN, CVPR 2018 (the authors' ``noiseresnet18``); seed experiments 2 and 3.
+
+    Args:
+        **options: ``nfilters``, ``nclasses``, ``level``, ``first_filter_size`` (7 or 3),
+            ``act``, ``pool_type``, ``unique_masks``, ``train_masks``, ``noise_type``,
+            ``input_size`` (``None``: lazy masks, any size), ``in_channels``, ``generator``,
+            ``device``, ``dtype``; ``impl`` is accepted and ignored (its noise layers have no
+            fast path).
+
+    Returns:
+        A :class:`ResNet`.
+
+    Raises:
+        TypeError, ValueError: on an invalid option, ``first_filter_size`` not 3 or 7, or an
+            input size that the pooling cannot halve three times.
+
+    Example::
+
+        >>> noiseresnet18(nfilters=8)(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    return _noiseresnet("noiseresnet18", 18, options)
+
+
+@register_model
+def noiseresnet34(**options: Unpack[ModelOptions]) -> ResNet:
+    """The original code's PNN ResNet-34: :func:`noiseresnet18` with (3, 4, 6, 3) blocks.
+
+    Source: PNN, CVPR 2018 (the authors' ``noiseresnet34``); He et al., CVPR 2016, Table 1.
+
+    Args:
+        **options: as :func:`noiseresnet18`.
+
+    Returns:
+        A :class:`ResNet`; ``input_size=224`` gives the ImageNet layout (7x7 stride-2 stem and
+        max pooling, stages on 56, 28, 14 and 7 pixels).
+
+    Raises:
+        TypeError, ValueError: as :func:`noiseresnet18`.
+
+    Example::
+
+        >>> noiseresnet34(nfilters=8)(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    return _noiseresnet("noiseresnet34", 34, options)
+
+
+_BOTTLENECK_NOISE_DOC = """The original code's PNN ResNet-{depth}: bottleneck blocks {blocks}.
+
+    Stem as :func:`noiseresnet18`. Each bottleneck: 1x1 convolution + BatchNorm + activation;
+    :class:`NoiseLayer` (fanout 1), pooling by the stride, BatchNorm, activation; 1x1 convolution
+    to 4x the width + BatchNorm; output ``8 * 4 * nfilters`` features.
+
+    Source: PNN, CVPR 2018 (the authors' ``noiseresnet{depth}``); He et al., CVPR 2016, Table 1.
+
+    Args:
+        **options: as :func:`noiseresnet18`.
+
+    Returns:
+        A :class:`ResNet`; ``input_size=224`` gives the ImageNet layout.
+
+    Raises:
+        TypeError, ValueError: as :func:`noiseresnet18`.
+
+    Example::
+
+        >>> noiseresnet{depth}(nfilters=4)(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+
+@register_model
+def noiseresnet50(**options: Unpack[ModelOptions]) -> ResNet:
+    return _noiseresnet("noiseresnet50", 50, options)
+
+
+@register_model
+def noiseresnet101(**options: Unpack[ModelOptions]) -> ResNet:
+    return _noiseresnet("noiseresnet101", 101, options)
+
+
+@register_model
+def noiseresnet152(**options: Unpack[ModelOptions]) -> ResNet:
+    return _noiseresnet("noiseresnet152", 152, options)
+
+
+for _depth, _fn in ((50, noiseresnet50), (101, noiseresnet101), (152, noiseresnet152)):
+    _fn.__doc__ = _BOTTLENECK_NOISE_DOC.format(depth=_depth, blocks=_DEPTHS[_depth])
 
 
 @register_model
@@ -280,7 +584,8 @@ def perturb_resnet18(**options: Unpack[ModelOptions]) -> ResNet:
     Source: the seed reproduction's ``perturb_resnet18``; seed experiments 4 to 8.
 
     Args:
-        **options: every option of :class:`~perturbnn.models.ModelConfig` except ``dropout``.
+        **options: every option of :class:`~perturbnn.models.ModelConfig` except ``dropout``;
+            ``input_size=None`` gives lazy masks (any input size, fixed by the first input).
 
     Returns:
         A :class:`ResNet`.
@@ -294,45 +599,59 @@ def perturb_resnet18(**options: Unpack[ModelOptions]) -> ResNet:
         >>> perturb_resnet18(nfilters=8, nmasks=4, first_filter_size=3)(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    used = frozenset(ModelConfig.__dataclass_fields__) - {"dropout"}
-    config = ModelConfig.from_options("perturb_resnet18", options, used=used)
-    stem, size = stem_layer(config)
-    stem_modules: list[nn.Module] = [stem]
-    if config.first_filter_size == 7:
-        stem_modules.append(nn.MaxPool2d(3, 2, 1))
-        size = (size + 1) // 2
-    _check_pooled_size("perturb_resnet18", config, size)
-    layer_options: dict[str, Any] = {
-        "filter_size": config.filter_size,
-        "level": config.level,
-        "noise_type": config.noise_type,
-        "unique_masks": config.unique_masks,
-        "train_masks": config.train_masks,
-        "use_act": True,
-        "act": config.act,
-        "mix_maps": config.mix_maps,
-        "impl": config.impl,
-        "generator": config.generator,
-        **config.factory_kwargs,
-    }
+    return _perturb_resnet("perturb_resnet18", 18, options)
 
-    def body(in_channels: int, out_channels: int, stride: int, size: int) -> nn.Module:
-        modules: list[nn.Module] = [
-            PerturbLayer(in_channels, out_channels, config.nmasks, input_size=size, **layer_options)
-        ]
-        if stride > 1:
-            modules.append(make_pool(config.pool_type, stride, stride))
-        modules.append(
-            PerturbLayer(
-                out_channels,
-                out_channels,
-                config.nmasks,
-                input_size=size // stride,
-                **layer_options,
-            )
-        )
-        return nn.Sequential(*modules)
 
-    return ResNet(
-        nn.Sequential(*stem_modules), _stages(config, size, body), 8 * config.nfilters, config
-    )
+@register_model
+def perturb_resnet34(**options: Unpack[ModelOptions]) -> ResNet:
+    """:func:`perturb_resnet18` with (3, 4, 6, 3) blocks per stage.
+
+    With ``filter_size=3, first_filter_size=7`` it has exactly the parameters of torchvision's
+    ResNet-34 (21,797,672 for ``nclasses=1000``).
+
+    Source: the seed's ``perturb_resnet18`` deepened as He et al., CVPR 2016, Table 1.
+
+    Args:
+        **options: as :func:`perturb_resnet18`.
+
+    Returns:
+        A :class:`ResNet`.
+
+    Raises:
+        TypeError, ValueError: as :func:`perturb_resnet18`.
+
+    Example::
+
+        >>> perturb_resnet34(nfilters=8, first_filter_size=3)(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    return _perturb_resnet("perturb_resnet34", 34, options)
+
+
+@register_model
+def perturb_resnet50(**options: Unpack[ModelOptions]) -> ResNet:
+    """PNN ResNet-50 of :class:`PerturbBottleneck` s, (3, 4, 6, 3) per stage.
+
+    Stem as :func:`perturb_resnet18`; each bottleneck's middle layer follows ``filter_size``
+    (0: perturbation layer, the PNN), ``nmasks`` and the noise options; output
+    ``8 * 4 * nfilters`` features. With ``filter_size=3, first_filter_size=7`` it has exactly
+    the parameters of torchvision's ResNet-50 (25,557,032 for ``nclasses=1000``).
+
+    Source: He et al., CVPR 2016 (ResNet-50); PNN, CVPR 2018 (perturbation layers in place of
+    3x3 convolutions).
+
+    Args:
+        **options: as :func:`perturb_resnet18`.
+
+    Returns:
+        A :class:`ResNet`.
+
+    Raises:
+        TypeError, ValueError: as :func:`perturb_resnet18`.
+
+    Example::
+
+        >>> perturb_resnet50(nfilters=4, first_filter_size=3)(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    return _perturb_resnet("perturb_resnet50", 50, options)

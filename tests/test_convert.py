@@ -1,0 +1,209 @@
+"""perturbnn.convert on torchvision networks and on small models that hit every skip reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from perturbnn import MixMaps, PerturbConv2d, convert
+
+
+def conv_modules(model):
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
+    ]
+
+
+def snapshot(model):
+    return repr(model), {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_identical(model, snap):
+    text, state = snap
+    assert repr(model) == text
+    now = model.state_dict()
+    assert now.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(now[key], value), key
+
+
+TORCHVISION = {
+    "resnet18": lambda: torchvision.models.resnet18(weights=None, num_classes=10),
+    "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(weights=None, num_classes=10),
+}
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("arch", sorted(TORCHVISION))
+def test_torchvision_models_convert_run_and_report(arch, size):
+    torch.manual_seed(0)
+    original = TORCHVISION[arch]()
+    snap = snapshot(original)
+    found = conv_modules(original)
+    converted, report = convert(original, nmasks=2 if arch == "resnet18" else 1, use_act=True)
+
+    assert [layer.name for layer in report.layers] == [name for name, _ in found]
+    replaced = [m for m in converted.modules() if isinstance(m, PerturbConv2d)]
+    assert len(report.replaced) == len(replaced) > 0
+    assert len(report.replaced) + len(report.skipped) == len(found)
+    assert report.skipped[0].reason == "first convolution (keep_first=True)"
+    originals = dict(found)
+    for layer in report.skipped:  # untouched: same class, same weights
+        module = converted.get_submodule(layer.name)
+        assert type(module) is type(originals[layer.name])
+        assert torch.equal(module.weight, originals[layer.name].weight)
+    for layer in report.replaced:
+        assert isinstance(converted.get_submodule(layer.name), PerturbConv2d)
+    assert report.parameters_before == sum(p.numel() for p in original.parameters())
+    assert report.parameters_after == sum(p.numel() for p in converted.parameters())
+    assert report.mask_values() == 0  # lazy until the first forward
+
+    x = torch.randn(2, 3, size, size, requires_grad=True)
+    out = converted(x)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    out.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert all(m.weight.grad is not None for m in replaced)
+    assert all(m.input_size is not None for m in replaced)
+    assert report.mask_values() == sum(m.noise.masks.numel() for m in replaced) > 0
+    assert_identical(original, snap)  # inplace=False: the original is bit-identical
+    text = str(report)
+    assert all(layer.name in text for layer in report.layers)
+    assert f"{len(report.replaced)} of {len(found)} convolutions replaced" in text
+
+
+def test_mobilenet_skips_depthwise_and_fanout_mismatches():
+    _, report = convert(torchvision.models.mobilenet_v2(weights=None), nmasks=2)
+    reasons = {layer.reason.split(" (")[0].split("=")[0] for layer in report.skipped}
+    assert "depthwise convolution" in reasons
+    assert "out_channels" in reasons  # e.g. 32 -> 16 channels cannot be grouped by input
+
+
+class Zoo(nn.Module):
+    """One convolution per skip reason, and strided ones that must keep the output size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.strided = nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False)
+        self.wide = nn.Conv2d(8, 8, 5, stride=3, padding=2)
+        self.down = nn.Conv2d(8, 8, 1, stride=2)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.dilated = nn.Conv2d(8, 8, 3, padding=2, dilation=2)
+        self.valid = nn.Conv2d(8, 8, 3)
+        self.uneven = nn.Conv2d(8, 8, 3, stride=(2, 1), padding=1)
+        self.same = nn.Conv2d(8, 6, 3, padding="same")
+        self.up = nn.ConvTranspose2d(6, 6, 2, stride=2)
+
+    def forward(self, x):
+        for module in self.children():
+            x = module(x)
+        return x
+
+
+def test_every_skip_reason_and_output_sizes():
+    model = Zoo()
+    converted, report = convert(model, nmasks=2)
+    reasons = {layer.name: layer.reason for layer in report.layers}
+    assert reasons["stem"].startswith("first convolution")
+    assert reasons["strided"] == reasons["wide"] == reasons["down"] == ""
+    assert reasons["grouped"] == "grouped convolution (groups=2)"
+    assert reasons["dilated"].startswith("dilation")
+    assert reasons["valid"].startswith("padding (0, 0) with kernel (3, 3) changes the map size")
+    assert reasons["uneven"].startswith("unequal strides")
+    assert reasons["same"].startswith("out_channels=6 not a multiple of in_channels=8")
+    assert reasons["up"] == "transposed convolution"
+    assert converted.strided.stride == 2 and converted.strided.bias is None
+    assert converted.wide.stride == 3 and converted.wide.bias is not None
+    for size in [(47, 61), (64, 64)]:  # one size per converted model: the masks are fixed
+        converted, _ = convert(model, nmasks=2)
+        x = torch.randn(2, 3, *size)
+        assert converted(x).shape == model(x).shape
+
+
+def test_include_exclude_keep_first_mix_maps_and_inplace():
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU()
+    )
+    _, report = convert(model, keep_first=False, include="0")
+    assert [layer.replaced for layer in report.layers] == [True, False]
+    assert report.layers[1].reason == "not matched by include"
+    _, report = convert(model, keep_first=False, exclude=["2", "9*"])
+    assert [layer.replaced for layer in report.layers] == [True, False]
+    assert report.layers[1].reason == "matched by exclude pattern '2'"
+    converted, _ = convert(model, mix_maps=True)
+    assert isinstance(converted[2], nn.Sequential)
+    assert isinstance(converted[2][0], PerturbConv2d) and isinstance(converted[2][1], MixMaps)
+    same, report = convert(model, inplace=True)
+    assert same is model and isinstance(model[2], PerturbConv2d)
+    single, report = convert(nn.Conv2d(3, 6, 3, padding=1), keep_first=False)
+    assert isinstance(single, PerturbConv2d) and report.layers[0].name == ""
+
+
+def test_generator_makes_the_conversion_reproducible():
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1))
+    x = torch.randn(1, 3, 5, 5)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(1)  # the 1x1 weights come from the global RNG
+        converted, _ = convert(model, nmasks=3, generator=torch.Generator().manual_seed(7))
+        torch.manual_seed(2)  # the masks must not
+        outs.append(converted(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"nmasks": 0}, ValueError, "nmasks"),
+        ({"level": -1.0}, ValueError, "level"),
+        ({"noise_type": "gauss"}, ValueError, "noise_type"),
+        ({"include": 3}, TypeError, "include"),
+        ({"exclude": [1]}, TypeError, "exclude"),
+        ({"inplace": 1}, TypeError, "inplace"),
+        ({"generator": 0}, TypeError, "generator"),
+    ],
+)
+def test_bad_options_raise_before_any_change(kwargs, error, match):
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1))
+    snap = snapshot(model)
+    with pytest.raises(error, match=match):
+        convert(model, **{"inplace": True, **kwargs})
+    assert_identical(model, snap)
+    with pytest.raises(TypeError, match="model"):
+        convert("resnet18")  # type: ignore[arg-type]
+
+
+def test_converted_resnet18_trains_on_cifar10(data_dir):
+    data = np.load(data_dir / "cifar10" / "cifar10_train_1.npz")
+    images = torch.from_numpy(data["images"][:256]).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    images = (images - mean) / std
+    labels = torch.from_numpy(data["labels"][:256])
+    torch.manual_seed(0)
+    model, _ = convert(
+        torchvision.models.resnet18(weights=None, num_classes=10),
+        generator=torch.Generator().manual_seed(0),
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def full_loss():
+        with torch.no_grad():
+            return F.cross_entropy(model(images), labels).item()
+
+    start = full_loss()
+    for _ in range(3):
+        for batch in range(0, 256, 64):
+            loss = F.cross_entropy(model(images[batch : batch + 64]), labels[batch : batch + 64])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    end = full_loss()
+    assert end < 0.8 * start, (start, end)
