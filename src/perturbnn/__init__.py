@@ -2,12 +2,14 @@
 
 Layers (:class:`NoiseMask`, :class:`PerturbConv2d`, :class:`MixMaps`, :class:`PerturbLayer`), the
 five networks of the PNN reproduction (:func:`resnet18`, :func:`noiseresnet18`,
-:func:`perturb_resnet18`, :func:`cifarnet`, :func:`lenet`) and their registry.
+:func:`perturb_resnet18`, :func:`cifarnet`, :func:`lenet`), their registry, and the seed's
+weight initialization (:func:`init_weights_`).
 """
 
 from perturbnn import functional
 from perturbnn._version import __version__
 from perturbnn.activations import ACTIVATIONS, make_activation
+from perturbnn.init import init_weights_
 from perturbnn.layers import NOISE_TYPES, MixMaps, NoiseMask, PerturbConv2d, PerturbLayer
 from perturbnn.models import (
     POOL_TYPES,
@@ -38,6 +40,7 @@ __all__ = [
     "count_mask_values",
     "count_parameters",
     "functional",
+    "init_weights_",
     "lenet",
     "list_models",
     "make_activation",
