@@ -104,7 +104,9 @@ def test_flags_that_display_do_not_change_the_summary(
 ) -> None:
     flags, logging_on = VARIANTS[variant]
     out = tmp_path / "run"
-    summary = _run([*BASE, "--nepochs", "1", *flags, "--out-dir", str(out)], out, logging_on=logging_on)
+    summary = _run(
+        [*BASE, "--nepochs", "1", *flags, "--out-dir", str(out)], out, logging_on=logging_on
+    )
     assert _results(summary) == _results(reference)
 
 
