@@ -1,6 +1,6 @@
 """Reproduce the PNN CIFAR-10 experiments, reporting the exact and the original-method accuracy.
 
-A thin front end over :mod:`perturbnn.repro.training`: it parses the seed's ``main.py`` flags (same
+A thin front end over :mod:`perturbnn.repro.run`: it parses the seed's ``main.py`` flags (same
 spelling, same defaults), optionally applies one of the eight presets of the reproduction
 notes, and calls the library. Flags given explicitly on the command line override the preset.
 
@@ -46,22 +46,16 @@ from typing import Any, Optional
 
 from perturbnn import ACTIVATIONS, list_models
 from perturbnn.functional import IMPLS
+from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
+from perturbnn.repro.config import MACHINE_FIELDS, RunConfig, default_out_dir
 from perturbnn.repro.data import DataCorruptError, DataNotFoundError
 from perturbnn.repro.distributed import destroy_distributed, is_main_process
 from perturbnn.repro.experiments import EXPERIMENTS, get_experiment
-from perturbnn.repro.training import (
-    MACHINE_FIELDS,
-    CheckpointError,
-    FitSummary,
-    OutDirError,
-    RunConfig,
-    TrainingInterrupted,
-    check_out_dir,
-    default_out_dir,
-    load_checkpoint,
-    log_to_stdout,
-    prepare_run,
-)
+from perturbnn.repro.fit import FitSummary
+from perturbnn.repro.outdir import OutDirError, check_out_dir
+from perturbnn.repro.run import prepare_run
+from perturbnn.repro.runtime import log_to_stdout
+from perturbnn.repro.signals import TrainingInterrupted
 
 
 def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
@@ -367,7 +361,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             f"{config.batch_size} per process, {world * config.batch_size} per step"
         )
     try:
-        summary = run.fit(logger=logging.getLogger("perturbnn.repro.training"))
+        summary = run.fit(logger=logging.getLogger("perturbnn.repro.fit"))
     except TrainingInterrupted as exc:  # SIGINT or SIGTERM: the last completed epoch is saved
         print(
             f"\ninterrupted by {exc.signal_name} after {exc.epochs_completed} completed "

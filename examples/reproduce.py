@@ -1,6 +1,6 @@
 """Run the seed's eight CIFAR-10 experiments at one scale, then write the reproduction report.
 
-A thin front end over :mod:`perturbnn.repro.training` (each experiment is
+A thin front end over :mod:`perturbnn.repro.run` (each experiment is
 ``RunConfig.from_experiment(name, <scale>)`` then ``run_experiment``) and
 :mod:`perturbnn.repro.report` (table, orderings against the seed, metric error, plots). Every run
 writes ``log.jsonl``, ``summary.json`` and checkpoints to ``<out-dir>/<experiment>/``; the
@@ -48,17 +48,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional
 
+from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
+from perturbnn.repro.config import MACHINE_FIELDS, RunConfig
 from perturbnn.repro.data import DataCorruptError, DataNotFoundError
 from perturbnn.repro.experiments import EXPERIMENTS, list_experiments
 from perturbnn.repro.report import SUMMARY_FILE, build_report, format_duration
-from perturbnn.repro.training import (
-    MACHINE_FIELDS,
-    CheckpointError,
-    RunConfig,
-    load_checkpoint,
-    log_to_stdout,
-    run_experiment,
-)
+from perturbnn.repro.run import run_experiment
+from perturbnn.repro.runtime import log_to_stdout
 
 
 @dataclass(frozen=True)
@@ -292,7 +288,7 @@ def estimate_costs(
     """
     import torch
 
-    from perturbnn.repro.training import prepare_run
+    from perturbnn.repro.run import prepare_run
 
     costs: dict[str, tuple[float, float]] = {}
     for name in names:
@@ -526,7 +522,7 @@ def train_all(names: Sequence[str], scale: Scale, args: argparse.Namespace, out_
             print(f"  budget {format_duration(predicted)}")
         began = time.perf_counter()
         try:
-            summary = run_experiment(config, logger=logging.getLogger("perturbnn.repro.training"))
+            summary = run_experiment(config, logger=logging.getLogger("perturbnn.repro.fit"))
         except FloatingPointError as exc:
             print(f"  error: {exc}", file=sys.stderr)
             status = 1

@@ -19,8 +19,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from perturbnn import build_model, count_mask_values, count_parameters
+from perturbnn.repro.config import RunConfig
 from perturbnn.repro.data import ArrayImageDataset, build_transform
-from perturbnn.repro.training import RunConfig, fit, make_optimizer, make_scheduler, set_seed
+from perturbnn.repro.fit import fit
+from perturbnn.repro.optim import make_optimizer, make_scheduler
+from perturbnn.repro.runtime import set_seed
 
 out = Path(sys.argv[1])
 budget = float(sys.argv[2])

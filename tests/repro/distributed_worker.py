@@ -2,11 +2,11 @@
 
 Usage: ``torchrun --standalone --nproc_per_node=2 tests/repro/distributed_worker.py OUT DATA_DIR``.
 
-Each rank builds two small runs with :func:`perturbnn.repro.training.prepare_run` (which joins the
+Each rank builds two small runs with :func:`perturbnn.repro.run.prepare_run` (which joins the
 gloo group, shards the loaders and wraps the model in DDP):
 
 * fixed masks: mask hashes after construction and after one epoch of :meth:`PreparedRun.fit`,
-  then one :func:`perturbnn.repro.training.evaluate` on a 49-image test set (shards of 24 and 25,
+  then one :func:`perturbnn.repro.loop.evaluate` on a 49-image test set (shards of 24 and 25,
   batches of 8: 3 and 4 batches) with a fresh original-method figure; rank 0 saves its model
   weights so that the test can evaluate them in a single process;
 * trained masks: mask hashes after construction and after one epoch;
@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from perturbnn.metrics import OriginalSmoothedAccuracy
+from perturbnn.repro.config import RunConfig
 from perturbnn.repro.distributed import (
     ShardSampler,
     check_masks_match,
@@ -37,8 +38,9 @@ from perturbnn.repro.distributed import (
     unwrap_model,
     uses_sharded_evaluation,
 )
+from perturbnn.repro.loop import evaluate, train_one_epoch
+from perturbnn.repro.run import prepare_run
 from perturbnn.repro.signals import TrainingInterrupted
-from perturbnn.repro.training import RunConfig, evaluate, prepare_run, train_one_epoch
 
 
 def gather(value: Any) -> list[Any]:

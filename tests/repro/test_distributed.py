@@ -29,6 +29,8 @@ from torch.utils.data.distributed import DistributedSampler
 from conftest import shared_data_dir
 from perturbnn import build_model
 from perturbnn.metrics import OriginalSmoothedAccuracy
+from perturbnn.repro.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from perturbnn.repro.config import RunConfig
 from perturbnn.repro.distributed import (
     DistributedContext,
     ShardSampler,
@@ -45,15 +47,8 @@ from perturbnn.repro.distributed import (
     uses_sharded_evaluation,
     wrap_model,
 )
-from perturbnn.repro.training import (
-    RunConfig,
-    evaluate,
-    load_checkpoint,
-    prepare_run,
-    restore_checkpoint,
-    run_experiment,
-    save_checkpoint,
-)
+from perturbnn.repro.loop import evaluate
+from perturbnn.repro.run import prepare_run, run_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "cifar10_repro.py"

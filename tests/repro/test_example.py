@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import torch
 
+from perturbnn.repro.config import RunConfig
 from perturbnn.repro.experiments import EXPERIMENTS, list_experiments
-from perturbnn.repro.training import RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "cifar10_repro.py"
@@ -188,7 +188,7 @@ def test_explicit_flags_override_the_preset() -> None:
 def test_impl_flag_reaches_the_layers_and_is_validated() -> None:
     """``--impl`` is parsed, validated and passed to every perturbation layer."""
     from perturbnn import PerturbConv2d, build_model
-    from perturbnn.repro.training import RunConfig
+    from perturbnn.repro.config import RunConfig
 
     module = load_script()
     assert module.build_parser().parse_args(["--impl", "grouped"]).impl == "grouped"

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from perturbnn import build_model, list_models
+from perturbnn.repro.config import RunConfig
 from perturbnn.repro.experiments import EXPERIMENTS, Experiment, get_experiment, list_experiments
-from perturbnn.repro.training import RunConfig
 
 # The notes' eight experiments, in their order, with the reported (exact) accuracies.
 SEED = [

@@ -29,21 +29,19 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from perturbnn import build_model
+from perturbnn.repro import fit as fit_mod
+from perturbnn.repro import loop as loop_mod
 from perturbnn.repro import outdir as _outdir
-from perturbnn.repro import training as T
-from perturbnn.repro.signals import StopOnSignal
-from perturbnn.repro.training import (
+from perturbnn.repro.checkpoint import (
     CheckpointError,
-    OutDirError,
-    TrainingInterrupted,
-    check_out_dir,
-    fit,
     load_checkpoint,
-    make_optimizer,
-    make_scheduler,
     restore_checkpoint,
     save_checkpoint,
 )
+from perturbnn.repro.fit import fit
+from perturbnn.repro.optim import make_optimizer, make_scheduler
+from perturbnn.repro.outdir import OutDirError, check_out_dir
+from perturbnn.repro.signals import StopOnSignal, TrainingInterrupted
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "cifar10_repro.py"
@@ -113,7 +111,7 @@ def run(
     seed: int = 0,
     hook: Callable[[nn.Module], Any] | None = None,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-) -> tuple[T.FitSummary, nn.Module]:
+) -> tuple[fit_mod.FitSummary, nn.Module]:
     model = tiny_model(seed)
     optimizer = make_optimizer("Adam", model, lr=0.01)
     scheduler = make_scheduler(optimizer, "CIFAR10", milestones=[2])
@@ -137,12 +135,12 @@ def run(
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[T.FitSummary, nn.Module]:
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[fit_mod.FitSummary, nn.Module]:
     """Four uninterrupted epochs: what every interrupted-then-resumed run must reproduce."""
     return run(4, tmp_path_factory.mktemp("straight"))
 
 
-def assert_same_run(resumed: T.FitSummary, model: nn.Module, straight: Any) -> None:
+def assert_same_run(resumed: fit_mod.FitSummary, model: nn.Module, straight: Any) -> None:
     summary, straight_model = straight
     for key in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "original_acc"):
         assert resumed.history[key] == summary.history[key], key
@@ -155,7 +153,7 @@ def assert_same_run(resumed: T.FitSummary, model: nn.Module, straight: Any) -> N
 SAVE_LOOP = """
 import sys, torch
 from torch import nn
-from perturbnn.repro.training import save_checkpoint
+from perturbnn.repro.checkpoint import save_checkpoint
 model = nn.Linear(1024, 1024)  # 4 MB of weights per checkpoint
 epoch = 0
 while True:
@@ -362,7 +360,7 @@ def test_nan_loss_names_epoch_and_step_and_keeps_the_last_good_checkpoint(
 def test_infinite_loss_found_late_still_names_the_first_bad_step() -> None:
     # On an accelerator the check runs every 50 steps; the message keeps the first bad step.
     with pytest.raises(FloatingPointError, match=r"inf at epoch 2, step 3 \(detected at step 50\)"):
-        T._check_finite(torch.tensor(3), torch.tensor(float("inf")), epoch=2, at_step=50)
+        loop_mod._check_finite(torch.tensor(3), torch.tensor(float("inf")), epoch=2, at_step=50)
 
 
 # ------------------------------------------------------------------------------ foreign checkpoints

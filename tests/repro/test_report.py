@@ -1,7 +1,7 @@
 """Tests of :mod:`perturbnn.repro.report` and ``examples/reproduce.py`` on synthetic run folders.
 
 Every run folder here is written by hand with known numbers (``log.jsonl`` and ``summary.json``
-in the format :func:`perturbnn.repro.training.fit` writes), so the tests can check that the report
+in the format :func:`perturbnn.repro.fit.fit` writes), so the tests can check that the report
 carries exactly those numbers and that its statements follow the data. One end-to-end test
 (marked ``slow``) trains the baseline for one epoch on a few real CIFAR-10 images.
 """
@@ -19,7 +19,9 @@ from typing import Any, Optional
 import pytest
 
 from perturbnn import build_model, count_mask_values, count_parameters
+from perturbnn.repro.config import RunConfig
 from perturbnn.repro.experiments import EXPERIMENTS, list_experiments
+from perturbnn.repro.fit import HISTORY_KEYS
 from perturbnn.repro.report import (
     build_report,
     compare_with_seed,
@@ -30,7 +32,6 @@ from perturbnn.repro.report import (
     render_markdown,
     seed_scale_counts,
 )
-from perturbnn.repro.training import HISTORY_KEYS, RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "reproduce.py"
@@ -65,7 +66,7 @@ def write_run(
     finished: bool = True,
     config: Optional[dict[str, Any]] = None,
 ) -> Path:
-    """A run folder as :func:`perturbnn.repro.training.fit` leaves it (without checkpoints)."""
+    """A run folder as :func:`perturbnn.repro.fit.fit` leaves it (without checkpoints)."""
     folder = root / name
     folder.mkdir(parents=True)
     epochs = len(test_acc)

@@ -22,22 +22,21 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from perturbnn import NoiseMask, PerturbConv2d
 from perturbnn.metrics import OriginalSmoothedAccuracy
-from perturbnn.repro import training as T
-from perturbnn.repro.debug import attach_debug_hooks
-from perturbnn.repro.training import (
-    HISTORY_KEYS,
+from perturbnn.repro import checkpoint as checkpoint_mod
+from perturbnn.repro import progress as progress_mod
+from perturbnn.repro import runtime as runtime_mod
+from perturbnn.repro.checkpoint import (
     CheckpointError,
-    RunConfig,
-    evaluate,
-    fit,
     load_checkpoint,
-    make_optimizer,
-    make_scheduler,
     restore_checkpoint,
     save_checkpoint,
-    set_seed,
-    train_one_epoch,
 )
+from perturbnn.repro.config import RunConfig
+from perturbnn.repro.debug import attach_debug_hooks
+from perturbnn.repro.fit import HISTORY_KEYS, fit
+from perturbnn.repro.loop import evaluate, train_one_epoch
+from perturbnn.repro.optim import make_optimizer, make_scheduler
+from perturbnn.repro.runtime import set_seed
 
 # ------------------------------------------------------------------------------ helpers
 
@@ -250,7 +249,7 @@ def test_checkpoint_round_trip_weights_only(tmp_path: Path) -> None:
     _, model, optimizer, scheduler = train_for(2, tmp_path)
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
         raw = torch.load(tmp_path / name, weights_only=True)  # plain types and tensors only
-        assert raw["format"] == T.CHECKPOINT_FORMAT
+        assert raw["format"] == checkpoint_mod.CHECKPOINT_FORMAT
     ckpt = load_checkpoint(tmp_path / "checkpoint_last.pt")
     assert ckpt["epoch"] == 2
     assert ckpt["config"]["sizes"] == [1, 2]
@@ -293,11 +292,11 @@ def test_load_checkpoint_rejects_foreign_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"notes\.txt.*not a perturbnn checkpoint"):
         load_checkpoint(text)
     unsafe = tmp_path / "unsafe.pt"
-    torch.save({"format": T.CHECKPOINT_FORMAT, "obj": logging.Formatter()}, unsafe)
+    torch.save({"format": checkpoint_mod.CHECKPOINT_FORMAT, "obj": logging.Formatter()}, unsafe)
     with pytest.raises(CheckpointError, match=r"unsafe\.pt.*weights_only=True"):
         load_checkpoint(unsafe)
     newer = tmp_path / "newer.pt"
-    torch.save({"format": T.CHECKPOINT_FORMAT, "format_version": 99}, newer)
+    torch.save({"format": checkpoint_mod.CHECKPOINT_FORMAT, "format_version": 99}, newer)
     with pytest.raises(CheckpointError, match="format_version 99"):
         load_checkpoint(newer)
     with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
@@ -411,14 +410,14 @@ def test_set_seed_is_reproducible() -> None:
 
 
 def test_resolve_device() -> None:
-    assert T.resolve_device("cpu") == torch.device("cpu")
+    assert runtime_mod.resolve_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert T.resolve_device("auto").type == expected
+    assert runtime_mod.resolve_device("auto").type == expected
     with pytest.raises(ValueError, match="'tpu9'"):
-        T.resolve_device("tpu9")
+        runtime_mod.resolve_device("tpu9")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            T.resolve_device("cuda")
+            runtime_mod.resolve_device("cuda")
 
 
 def test_progress_without_tqdm_warns_and_trains(
@@ -426,7 +425,7 @@ def test_progress_without_tqdm_warns_and_trains(
 ) -> None:
     monkeypatch.setitem(sys.modules, "tqdm", None)
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
-    T._tqdm.cache_clear()
+    progress_mod._tqdm.cache_clear()
     try:
         model = tiny_model()
         train, test = loaders()
@@ -436,7 +435,7 @@ def test_progress_without_tqdm_warns_and_trains(
                 epochs=1, device="cpu", progress=True,
             )  # fmt: skip
     finally:
-        T._tqdm.cache_clear()
+        progress_mod._tqdm.cache_clear()
     assert summary.epochs == 1
     assert any("tqdm" in r.message and r.levelno == logging.WARNING for r in caplog.records)
     epoch_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1")]

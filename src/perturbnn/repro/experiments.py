@@ -5,7 +5,7 @@ Each :class:`Experiment` records the command line the reproduction notes ran
 fraction, measured with the *exact* accuracy, not the original code's smoothed
 figure), the model configuration that command implies and the training options it
 sets. Options a command does not set keep the seed's defaults (see
-:class:`perturbnn.repro.training.RunConfig`), except the noise ``level``, which every
+:class:`perturbnn.repro.config.RunConfig`), except the noise ``level``, which every
 preset states explicitly (0.5, the seed's default that all eight runs used).
 
 Source: the reproduction notes in ``../shared/reference/pnn-reproduction-notes.txt``

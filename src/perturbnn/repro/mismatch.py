@@ -1,6 +1,6 @@
 """Say, key by key, how a checkpoint differs from the model or run it is loaded into.
 
-Used by :func:`perturbnn.repro.training.restore_checkpoint` and :func:`perturbnn.repro.training.prepare_run`
+Used by :func:`perturbnn.repro.checkpoint.restore_checkpoint` and :func:`perturbnn.repro.run.prepare_run`
 to refuse a checkpoint of another configuration (other ``nmasks``, another architecture) with
 one message that lists the mismatched keys, instead of ``load_state_dict``'s stack trace.
 """

@@ -1,6 +1,6 @@
 """Stop training cleanly on Ctrl-C (SIGINT) or SIGTERM: finish the step, keep the checkpoint.
 
-:func:`perturbnn.repro.training.fit` installs a :class:`StopOnSignal` for the length of its epoch
+:func:`perturbnn.repro.fit.fit` installs a :class:`StopOnSignal` for the length of its epoch
 loop and puts the previous handlers back when it returns. The first SIGINT or SIGTERM only sets
 a flag: the training step under way finishes, the loop stops at the next step boundary (or
 after the epoch, if the signal came during the test pass) and :func:`fit` raises
@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional, Union
 
 __all__ = ["HANDLED_SIGNALS", "StopOnSignal", "TrainingInterrupted"]
 
-_LOGGER = logging.getLogger("perturbnn.repro.training")
+_LOGGER = logging.getLogger("perturbnn.repro.fit")
 
 #: The signals :class:`StopOnSignal` turns into a clean stop.
 HANDLED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
