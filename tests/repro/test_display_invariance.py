@@ -127,7 +127,11 @@ def test_resume_without_the_bar_continues_the_same_run(tmp_path: Path) -> None:
     split = tmp_path / "split"
     _run([*BASE, "--nepochs", "1", "--out-dir", str(split)], split)
     resumed = _run(
-        ["--resume", str(split / "checkpoint_last.pt"), "--nepochs", "2", "--no-progress"], split
+        [
+            "--resume", str(split / "checkpoint_last.pt"), "--nepochs", "2", "--no-progress",
+            "--data-dir", str(DATA_DIR), "--device", "cpu",
+        ],  # machine options are not taken from the checkpoint
+        split,
     )
     assert resumed["history"]["train_loss"] == whole["history"]["train_loss"]
     assert _results(resumed) == _results(whole)

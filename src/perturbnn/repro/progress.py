@@ -29,13 +29,31 @@ def _tqdm() -> Optional[Callable[..., Any]]:
     return tqdm  # type: ignore[no-any-return]
 
 
-def _progress(iterable: Iterable[_T], *, enabled: bool, desc: str) -> Iterable[_T]:
+def _length(iterable: Iterable[Any]) -> Optional[int]:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _progress(iterable: Iterable[_T], *, enabled: bool, desc: str) -> Iterator[_T]:
+    """One iterator over ``iterable``, shown as a tqdm bar if ``enabled`` (and tqdm exists).
+
+    Exactly one ``iter(iterable)`` is made here, whatever is displayed; the bar only wraps that
+    iterator. ``tqdm.auto`` (``tqdm.asyncio``) calls ``iter()`` on what it wraps, and every
+    iterator of a DataLoader draws its base seed from the loader's generator (the shuffling
+    generator of the training loader, the global RNG for the test loader), so wrapping the
+    loader itself shifted the shuffle order, and every number after it, whenever the bar was
+    on.
+    """
+    iterator = iter(iterable)
     if not enabled:
-        return iterable
+        return iterator
     tqdm = _tqdm()
     if tqdm is None:
-        return iterable
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)  # type: ignore[no-any-return]
+        return iterator
+    bar = tqdm(iterator, desc=desc, total=_length(iterable), leave=False, dynamic_ncols=True)
+    return bar  # type: ignore[no-any-return]
 
 
 def _batches(
