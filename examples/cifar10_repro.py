@@ -48,7 +48,7 @@ from perturbnn import ACTIVATIONS, list_models
 from perturbnn.functional import IMPLS
 from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
 from perturbnn.repro.config import MACHINE_FIELDS, RunConfig, default_out_dir
-from perturbnn.repro.data import DataCorruptError, DataNotFoundError
+from perturbnn.repro.data import DATASETS, DataCorruptError, DataNotFoundError
 from perturbnn.repro.distributed import destroy_distributed, is_main_process
 from perturbnn.repro.experiments import EXPERIMENTS, get_experiment
 from perturbnn.repro.fit import FitSummary
@@ -90,8 +90,9 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     )
     # The seed's flags, spelled as in its main.py.
     add("--net-type", default=defaults.net_type, choices=list_models(), help="model name")
-    add("--dataset-train", default=defaults.dataset_train, help="training data set")
-    add("--dataset-test", default=defaults.dataset_test, help="test data set")
+    datasets = ", ".join(DATASETS)
+    add("--dataset-train", default=defaults.dataset_train, help=f"training data set: {datasets}")
+    add("--dataset-test", default=defaults.dataset_test, help="test data set (the same kinds)")
     add("--nfilters", type=int, default=defaults.nfilters, help="width of the first stage")
     add("--batch-size", type=int, default=defaults.batch_size, help="batch size")
     add("--learning-rate", type=float, default=defaults.learning_rate, help="learning rate")
@@ -208,7 +209,8 @@ def _one_line(exc: BaseException) -> str:
         head = lines[0].split(" Looked at:")[0] if lines else str(exc)
         return (
             f"{head}{looked} Pass --data-dir (or set PERTURBNN_DATA_DIR) "
-            "to the folder that holds cifar10/ and mnist/, e.g. ../shared/data"
+            "to the folder that holds the data set (cifar10/ and mnist/, e.g. ../shared/data, "
+            "or torchvision's official folders)"
         )
     return " ".join(lines) if lines else type(exc).__name__
 
@@ -338,6 +340,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         CheckpointError,
         OutDirError,
         FileNotFoundError,
+        ImportError,
         ValueError,
         TypeError,
     ) as exc:
