@@ -51,6 +51,7 @@ from perturbnn.repro.config import MACHINE_FIELDS, RunConfig, default_out_dir
 from perturbnn.repro.data import DATASETS, DataCorruptError, DataNotFoundError
 from perturbnn.repro.distributed import destroy_distributed, is_main_process
 from perturbnn.repro.experiments import EXPERIMENTS, get_experiment
+from perturbnn.repro.optim import LR_SCHEDULES
 from perturbnn.repro.fit import FitSummary
 from perturbnn.repro.outdir import OutDirError, check_out_dir
 from perturbnn.repro.run import prepare_run
@@ -62,8 +63,9 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """The command-line parser; with ``suppress_defaults`` only explicit flags are set."""
     defaults = RunConfig()
     parser = argparse.ArgumentParser(
-        description="Train a PNN or baseline model on CIFAR-10 (or MNIST) and report the exact "
-        "test accuracy next to the figure the original PNN code reported.",
+        description="Train a PNN or baseline model with the seed's recipe on CIFAR-10 (or "
+        "another of the seed's data sets) and report the exact test accuracy next to the figure "
+        "the original PNN code reported.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
 
@@ -216,7 +218,17 @@ def _one_line(exc: BaseException) -> str:
 
 
 def print_experiments() -> None:
-    """Print the eight presets: name, reported accuracy, seed command."""
+    """Print the recipe every preset runs, then the presets: name, reported accuracy, command."""
+    d = RunConfig()
+    schedule = LR_SCHEDULES[d.dataset_train]
+    print(
+        f"recipe (the seed's main.py defaults): {d.optim_method} with Nesterov momentum "
+        f"{d.momentum}, weight decay {d.weight_decay}, {d.nepochs} epochs, learning rate "
+        f"x{schedule.gamma} from epochs {', '.join(map(str, schedule.milestones))} "
+        f"({d.dataset_train}), seed {d.manual_seed}, dropout {d.dropout}, noise level {d.level}, "
+        "weights initialized by perturbnn.init_weights_; each command sets its own batch size "
+        "and learning rate"
+    )
     width = max(len(name) for name in EXPERIMENTS)
     print(f"{'name':<{width}}  {'seed acc':>8}  seed command")
     for name, exp in EXPERIMENTS.items():
