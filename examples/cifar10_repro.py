@@ -51,8 +51,8 @@ from perturbnn.repro.config import MACHINE_FIELDS, RunConfig, default_out_dir
 from perturbnn.repro.data import DATASETS, DataCorruptError, DataNotFoundError
 from perturbnn.repro.distributed import destroy_distributed, is_main_process
 from perturbnn.repro.experiments import EXPERIMENTS, get_experiment
-from perturbnn.repro.optim import LR_SCHEDULES
 from perturbnn.repro.fit import FitSummary
+from perturbnn.repro.optim import LR_SCHEDULES
 from perturbnn.repro.outdir import OutDirError, check_out_dir
 from perturbnn.repro.run import prepare_run
 from perturbnn.repro.runtime import log_to_stdout

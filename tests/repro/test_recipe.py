@@ -81,3 +81,20 @@ def test_presets_keep_only_batch_size_and_learning_rate() -> None:
         assert (config.optim_method, config.momentum, config.weight_decay) == ("SGD", 0.9, 1e-4)
         assert (config.nepochs, config.dropout, config.manual_seed) == (150, 0.5, 1)
         assert "--optim-method" not in exp.seed_command  # the seed's default: SGD
+
+
+def test_a_checkpoint_of_another_schedule_is_refused_clearly() -> None:
+    from torch.optim.lr_scheduler import MultiStepLR
+
+    from perturbnn.repro.checkpoint import CheckpointError, restore_checkpoint
+    from perturbnn.repro.optim import make_optimizer, make_scheduler
+
+    model = nn.Linear(2, 2)
+    old = MultiStepLR(make_optimizer("SGD", model, lr=1.0), milestones=[150], gamma=0.2)
+    optimizer = make_optimizer("SGD", model, lr=1.0)
+    checkpoint = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": old.state_dict(), "epoch": 3,
+    }  # fmt: skip
+    with pytest.raises(CheckpointError, match="learning-rate schedule"):
+        restore_checkpoint(checkpoint, model, optimizer, make_scheduler(optimizer, "CIFAR10"))
