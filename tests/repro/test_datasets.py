@@ -184,7 +184,8 @@ def test_transforms_follow_the_seed() -> None:
     assert a.shape == (3, 32, 32)  # random crop with padding and flip, as CIFAR-10
     gray = torch.full((1, 28, 28), 128, dtype=torch.uint8)
     assert torch.equal(
-        build_transform("FashionMNIST", train=True)(gray), build_transform("MNIST", train=True)(gray)
+        build_transform("FashionMNIST", train=True)(gray),
+        build_transform("MNIST", train=True)(gray),
     )
     from PIL import Image
 

@@ -19,9 +19,7 @@ from perturbnn.repro.data import (
 def cifar_like(n: int = 24, seed: int = 0) -> ArrayImageDataset:
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    return ArrayImageDataset(
-        images, torch.arange(n) % 10, build_transform("CIFAR10", train=True)
-    )
+    return ArrayImageDataset(images, torch.arange(n) % 10, build_transform("CIFAR10", train=True))
 
 
 @given(seed=st.integers(0, 2**31), epoch=st.integers(0, 500), index=st.integers(0, 23))
@@ -46,7 +44,9 @@ def test_epochs_and_seeds_change_the_augmentation():
         crops.append(data[3][0])
     assert len({c.sum().item() for c in crops}) > 1
     other = SeededAugmentation(cifar_like(), 2)
-    assert any(not torch.equal(other[i][0], SeededAugmentation(cifar_like(), 1)[i][0]) for i in range(8))
+    assert any(
+        not torch.equal(other[i][0], SeededAugmentation(cifar_like(), 1)[i][0]) for i in range(8)
+    )
 
 
 def test_workers_give_the_same_batches_as_the_main_process():
