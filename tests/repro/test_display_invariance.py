@@ -48,6 +48,25 @@ _NOT_RESULTS = {"wall_time_s", "out_dir"}
 _CONFIG_FLAGS = {"progress", "num_workers", "debug", "out_dir", "resume", "nepochs"}
 
 
+@pytest.fixture(autouse=True)
+def bar_drawn(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Draw the bar even though pytest captures stderr (it is drawn on terminals only), and
+    count the bars, so that the runs "with the bar" really go through tqdm."""
+    from tqdm.auto import tqdm
+
+    from perturbnn.repro import progress
+
+    bars: list[int] = []
+
+    def counting_tqdm(*args: Any, **kwargs: Any) -> Any:
+        bars.append(1)
+        return tqdm(*args, **kwargs)
+
+    monkeypatch.setattr(progress, "_is_terminal", lambda stream: True)
+    monkeypatch.setattr(progress, "_tqdm", lambda: counting_tqdm)
+    return bars
+
+
 def _load_script() -> ModuleType:
     spec = importlib.util.spec_from_file_location("cifar10_repro_invariance", SCRIPT)
     assert spec is not None and spec.loader is not None
@@ -100,13 +119,15 @@ VARIANTS: dict[str, tuple[list[str], bool]] = {
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_flags_that_display_do_not_change_the_summary(
-    variant: str, reference: dict[str, Any], tmp_path: Path
+    variant: str, reference: dict[str, Any], tmp_path: Path, bar_drawn: list[int]
 ) -> None:
     flags, logging_on = VARIANTS[variant]
     out = tmp_path / "run"
+    bar_drawn.clear()
     summary = _run(
         [*BASE, "--nepochs", "1", *flags, "--out-dir", str(out)], out, logging_on=logging_on
     )
+    assert bool(bar_drawn) is ("--no-progress" not in flags)  # the bar was really on (or off)
     assert _results(summary) == _results(reference)
 
 

@@ -7,7 +7,6 @@ CPU cores.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 
+from perturbnn.repro.cli import train as train_cli
 from perturbnn.repro.config import RunConfig
 from perturbnn.repro.experiments import EXPERIMENTS, list_experiments
 
@@ -36,11 +36,8 @@ needs_cifar10 = pytest.mark.skipif(
 
 
 def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cifar10_repro", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The train command (``perturbnn-repro train``) that ``examples/cifar10_repro.py`` runs."""
+    return train_cli
 
 
 def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

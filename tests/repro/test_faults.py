@@ -617,7 +617,8 @@ def test_cli_ctrl_c_exits_130_and_resume_continues_exactly(
     assert completed in (1, 2)
     checkpoint = load_checkpoint(tmp_path / "checkpoint_last.pt")
     assert checkpoint["epoch"] == completed
-    assert f"interrupted by SIGINT after {completed} completed epoch(s)" in stderr
+    epochs = "1 completed epoch" if completed == 1 else f"{completed} completed epochs"
+    assert f"interrupted by SIGINT after {epochs};" in stderr
     assert f"--resume {tmp_path / 'checkpoint_last.pt'}" in stderr
 
     resumed = example(

@@ -8,7 +8,6 @@ carries exactly those numbers and that its statements follow the data. One end-t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -19,6 +18,8 @@ from typing import Any, Optional
 import pytest
 
 from perturbnn import build_model, count_mask_values, count_parameters
+from perturbnn.repro import scales
+from perturbnn.repro.cli import reproduce as reproduce_cli
 from perturbnn.repro.config import RunConfig
 from perturbnn.repro.experiments import EXPERIMENTS, list_experiments
 from perturbnn.repro.fit import HISTORY_KEYS
@@ -38,18 +39,10 @@ SCRIPT = REPO / "examples" / "reproduce.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    return load_script()
+    """The reproduce command (``perturbnn-repro reproduce``, ``examples/reproduce.py``)."""
+    return reproduce_cli
 
 
 def write_run(
@@ -413,7 +406,7 @@ def test_missing_matplotlib_names_the_extra(
 
 
 # --------------------------------------------------------------------------------------------
-# examples/reproduce.py
+# perturbnn-repro reproduce (examples/reproduce.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -466,18 +459,18 @@ def test_report_only_on_an_empty_folder_fails_cleanly(
 
 
 def test_cpu_scale_widths_follow_the_presets(script: ModuleType) -> None:
-    cpu = script.SCALES["cpu"]
+    cpu = scales.SCALES["cpu"]
     assert cpu.width(128) == 16 and cpu.width(44) == 6  # 5.5 rounded up
     overrides = cpu.overrides("baseline")
     assert overrides["nfilters"] == 6 and overrides["device"] == "cpu"
     assert cpu.overrides("pnn-fanout64-shared")["nfilters"] == 16
-    full = script.SCALES["full"]
+    full = scales.SCALES["full"]
     assert full.overrides("baseline")["nfilters"] == 44
     assert (full.nepochs, full.train_subset, full.test_subset) == (150, None, None)
-    assert set(script.CPU_COSTS) == set(list_experiments())
-    total = sum(script.predict_seconds(name, cpu) for name in list_experiments())
+    assert set(scales.CPU_COSTS) == set(list_experiments())
+    total = sum(scales.predict_seconds(name, cpu) for name in list_experiments())
     assert total < 50 * 60  # the cpu scale is sized for about 45 minutes
-    assert script.predict_seconds("baseline", full) is None  # no costs measured on a GPU
+    assert scales.predict_seconds("baseline", full) is None  # no costs measured on a GPU
 
 
 def test_override_flags_change_and_rename_the_scale(script: ModuleType) -> None:
@@ -486,7 +479,7 @@ def test_override_flags_change_and_rename_the_scale(script: ModuleType) -> None:
     scale = script.resolve_scale(args)
     assert scale.name == "cpu+overrides"
     assert (scale.nepochs, scale.train_subset, scale.test_subset) == (1, 64, None)
-    assert script.resolve_scale(parser.parse_args([])) == script.SCALES["cpu"]
+    assert script.resolve_scale(parser.parse_args([])) == scales.SCALES["cpu"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--only", "not-an-experiment"])
 
@@ -496,7 +489,7 @@ def test_finished_runs_are_skipped_and_mismatched_ones_refused(
 ) -> None:
     pytest.importorskip("matplotlib")
     root = tmp_path / "runs"
-    cpu = script.SCALES["cpu"]
+    cpu = scales.SCALES["cpu"]
     settings = {**cpu.overrides("baseline"), "nepochs": cpu.nepochs}
     write_run(
         root,

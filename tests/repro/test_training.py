@@ -328,6 +328,17 @@ def test_resume_when_already_done_trains_nothing(tmp_path: Path) -> None:
     assert again.history == first.history
 
 
+@pytest.mark.parametrize(("epochs", "words"), [(1, "1 epoch already"), (2, "2 epochs already")])
+def test_nothing_to_train_message_is_grammatical(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, epochs: int, words: str
+) -> None:
+    train_for(epochs, tmp_path)
+    with caplog.at_level(logging.INFO, logger="perturbnn"):
+        train_for(epochs, tmp_path, resume=tmp_path / "checkpoint_last.pt")
+    messages = [r.getMessage() for r in caplog.records if "nothing to train" in r.getMessage()]
+    assert messages == [f"the checkpoint has {words}; nothing to train"]
+
+
 # ------------------------------------------------------------------------------ optimizers
 
 

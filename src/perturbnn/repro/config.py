@@ -54,7 +54,15 @@ MODEL_OPTIONS: tuple[str, ...] = (
 
 
 def _default_data_dir() -> str:
-    return os.environ.get("PERTURBNN_DATA_DIR", "./data")
+    """``$PERTURBNN_DATA_DIR``, else the first existing of ``./data`` and ``../shared/data``
+    (the order of :func:`perturbnn.repro.data.resolve_data_dir`), else ``./data``."""
+    env = os.environ.get("PERTURBNN_DATA_DIR")
+    if env:
+        return env
+    for candidate in ("./data", "../shared/data"):
+        if os.path.isdir(candidate):
+            return candidate
+    return "./data"
 
 
 @dataclass(frozen=True)
@@ -68,16 +76,14 @@ class RunConfig:
     Attributes:
         experiment: name of the preset applied, if any (recorded in the summary).
         net_type, dataset_train, dataset_test: model and data set names.
-        data_dir: where the data sets are (default: ``$PERTURBNN_DATA_DIR`` or ``./data``;
-            in this repository, ``../shared/data``).
-        nfilters, nmasks, level, filter_size, first_filter_size, scale_noise, act, use_act,
-            pool_type, dropout, unique_masks, train_masks, noise_type, mix_maps: model options
+        data_dir: where the data sets are (default: ``$PERTURBNN_DATA_DIR``, else the first
+            existing of ``./data`` and ``../shared/data``, else ``./data``).
+        nfilters, nmasks, level, filter_size, first_filter_size, scale_noise, act, use_act, pool_type, dropout, unique_masks, train_masks, noise_type, mix_maps: model options
             (see :func:`perturbnn.build_model`).
         impl: how perturbation layers compute (``"auto"``, ``"eager"``, ``"compiled"``,
             ``"grouped"``; the same results, see ``docs/performance.md``). Not part of
             :data:`RESUME_FIELDS`: a run may resume with another ``impl``.
-        batch_size, learning_rate, nepochs, optim_method, weight_decay, momentum,
-            manual_seed: training options; the seed's defaults are batch 64, rate 1e-3, 150
+        batch_size, learning_rate, nepochs, optim_method, weight_decay, momentum, manual_seed: training options; the seed's defaults are batch 64, rate 1e-3, 150
             epochs, SGD with Nesterov momentum 0.9 and weight decay 1e-4, seed 1 (the rate then
             follows :func:`perturbnn.repro.optim.lr_factor`).
         train_subset, test_subset: use a deterministic, class-balanced subset of N samples

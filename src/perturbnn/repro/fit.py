@@ -333,7 +333,11 @@ def fit(
     try:
         stop.install()
         if start >= epochs:
-            log.info("the checkpoint has %d epochs already; nothing to train", start)
+            log.info(
+                "the checkpoint has %d epoch%s already; nothing to train",
+                start,
+                "" if start == 1 else "s",
+            )
         for index in range(start, epochs):
             number = index + 1
             began = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Optional, TypeVar
 
@@ -37,7 +38,8 @@ def _length(iterable: Iterable[Any]) -> Optional[int]:
 
 
 def _progress(iterable: Iterable[_T], *, enabled: bool, desc: str) -> Iterator[_T]:
-    """One iterator over ``iterable``, shown as a tqdm bar if ``enabled`` (and tqdm exists).
+    """One iterator over ``iterable``, shown as a tqdm bar on stderr if ``enabled``, tqdm is
+    installed and stderr is a terminal.
 
     Exactly one ``iter(iterable)`` is made here, whatever is displayed; the bar only wraps that
     iterator. ``tqdm.auto`` (``tqdm.asyncio``) calls ``iter()`` on what it wraps, and every
@@ -45,15 +47,27 @@ def _progress(iterable: Iterable[_T], *, enabled: bool, desc: str) -> Iterator[_
     generator of the training loader, the global RNG for the test loader), so wrapping the
     loader itself shifted the shuffle order, and every number after it, whenever the bar was
     on.
+
+    Into a file or a pipe a bar would write one long line of carriage returns per epoch, so
+    there the bar is left out and the per-epoch log lines are all that is written.
     """
     iterator = iter(iterable)
     if not enabled:
         return iterator
     tqdm = _tqdm()
-    if tqdm is None:
+    if tqdm is None or not _is_terminal(sys.stderr):
         return iterator
     bar = tqdm(iterator, desc=desc, total=_length(iterable), leave=False, dynamic_ncols=True)
     return bar  # type: ignore[no-any-return]
+
+
+def _is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is an interactive terminal (``False`` for files, pipes, captures)."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if callable(isatty) else False
+    except (OSError, ValueError):  # closed or detached stream
+        return False
 
 
 def _batches(

@@ -105,6 +105,11 @@ def _subset(dataset: Dataset[Any], n: Optional[int], which: str) -> Dataset[Any]
     targets = getattr(dataset, "targets", None)
     if targets is None:
         raise TypeError(f"{which}_subset needs a data set with a .targets attribute")
+    size = len(targets)
+    if isinstance(n, int) and not isinstance(n, bool) and not 1 <= n <= size:
+        raise ValueError(
+            f"{which}_subset must be in 1..{size} (the size of the {which} set), got {n}"
+        )
     return Subset(dataset, class_balanced_subset(targets, n))
 
 

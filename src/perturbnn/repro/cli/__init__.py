@@ -1,0 +1,58 @@
+"""The command line of the reproduction: ``perturbnn-repro`` or ``python -m perturbnn.repro``.
+
+Two commands:
+
+* ``perturbnn-repro reproduce [options]`` (also what ``perturbnn-repro`` runs without a
+  command): the seed's eight experiments at one scale (``--scale cpu`` by default), then the
+  report (:mod:`perturbnn.repro.cli.reproduce`; ``examples/reproduce.py``).
+* ``perturbnn-repro train [options]``: one run with the seed's ``main.py`` flags
+  (:mod:`perturbnn.repro.cli.train`; ``examples/cifar10_repro.py``).
+
+``perturbnn-repro COMMAND --help`` lists each command's flags.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+from perturbnn.repro.cli import reproduce, train
+from perturbnn.repro.cli.output import echo
+
+__all__ = ["main"]
+
+PROG = "perturbnn-repro"
+
+_USAGE = f"""usage: {PROG} [reproduce] [options]   the eight experiments and the report (default)
+       {PROG} train [options]         one run with the seed's main.py flags
+
+Without a command, {PROG} runs `reproduce` at its defaults (--scale cpu): the seed's eight
+CIFAR-10 experiments, CPU-sized, then docs/reproduction.md. The data is looked for in
+--data-dir, else $PERTURBNN_DATA_DIR, else ./data or ../shared/data (the first that exists).
+
+  {PROG} reproduce --help     the reproduce command's flags
+  {PROG} train --help         the train command's flags"""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``perturbnn-repro``; return the exit status.
+
+    Args:
+        argv: the arguments without the program name (default: ``sys.argv[1:]``).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        echo(_USAGE)
+        return 0
+    if args and args[0] == "train":
+        return train.main(args[1:])
+    if args and args[0] == "reproduce":
+        args = args[1:]
+    elif args and not args[0].startswith("-"):
+        echo(
+            f"{PROG}: error: unknown command {args[0]!r} (valid: reproduce, train; see --help)",
+            err=True,
+        )
+        return 2
+    return reproduce.main(args, command=f"{PROG} reproduce")

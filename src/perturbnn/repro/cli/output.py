@@ -1,0 +1,119 @@
+"""What the command line writes, and how it reports bad input.
+
+* :func:`echo`: one line to stdout (or stderr), looked up at call time so that redirections
+  and test captures see it.
+* :class:`Parser`: an ``argparse.ArgumentParser`` whose errors are one line (``prog: error:
+  ...``) instead of the usage block, and whose ``--help`` shows each default once.
+* :func:`choice`: an argparse ``type`` for a flag with a fixed set of names; a bad name is
+  answered with the valid names and a "did you mean".
+* :func:`name_flags`: rewrites an error message of the library (which names the
+  :class:`~perturbnn.repro.config.RunConfig` field, ``test_subset``) with the flag the user
+  typed (``--test-subset``).
+* :func:`plural`: ``1 epoch``, ``2 epochs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Callable, NoReturn
+
+__all__ = ["HelpFormatter", "Parser", "choice", "echo", "flag_names", "name_flags", "plural"]
+
+
+def echo(text: str = "", *, err: bool = False) -> None:
+    """Write ``text`` and a newline to stdout (``err``: stderr) and flush."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(f"{text}\n")
+    stream.flush()
+
+
+def plural(count: int, word: str) -> str:
+    """``"1 epoch"``, ``"2 epochs"`` (``word`` is the singular; an ``s`` is added)."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: ...)`` to a flag's help unless the help already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default:" in text or "%(default)" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``prog: error: message (see --help)``."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def choice(names: Iterable[str], *, what: str = "name") -> Callable[[str], str]:
+    """An argparse ``type`` accepting one of ``names``.
+
+    Args:
+        names: the valid names.
+        what: what a name is, for the message (``"model name"``).
+
+    Returns:
+        A function that returns its argument when valid and otherwise raises
+        ``argparse.ArgumentTypeError`` with the valid names and up to three close matches;
+        argparse prefixes the flag (``argument --net-type: unknown model name 'resnet99'; ...``).
+    """
+    valid = list(names)
+
+    def check(value: str) -> str:
+        if value in valid:
+            return value
+        close = difflib.get_close_matches(value, valid, n=3, cutoff=0.7)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise argparse.ArgumentTypeError(
+            f"unknown {what} {value!r}{hint} (valid: {', '.join(valid)})"
+        )
+
+    check.__name__ = what.replace(" ", "_")  # argparse names the type in some messages
+    return check
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``{dest: flag}`` for every optional argument of ``parser`` (``test_subset``:
+    ``--test-subset``), the flag being its longest spelling."""
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            flags[action.dest] = max(action.option_strings, key=len)
+    return flags
+
+
+def name_flags(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` with the field names it mentions replaced by the flags the user typed.
+
+    A field with an underscore (``test_subset``) is replaced wherever it appears as a word; a
+    one-word field (``dropout``, ``device``) only where it names the value (at the start of the
+    message or before ``must``), so that prose such as "a device that is not available" stays.
+    A name already written as a flag is left alone.
+
+    Args:
+        message: an error message of the library.
+        flags: ``{field: flag}``, as :func:`flag_names` returns.
+
+    Returns:
+        str: the message, for instance ``--test-subset must be in 1..10000 ..., got 100000``.
+    """
+    for field in sorted(flags, key=len, reverse=True):
+        flag = flags[field]
+        if "_" in field:
+            pattern = rf"(?<![\w-]){re.escape(field)}(?!\w)"
+        else:
+            pattern = rf"(?:^{re.escape(field)}(?=\s)|(?<=\s){re.escape(field)}(?= must\b))"
+        message = re.sub(pattern, flag, message)
+    return message

@@ -1,0 +1,392 @@
+"""``perturbnn-repro reproduce`` (the default command): run the seed's eight CIFAR-10
+experiments at one scale, then write the reproduction report (``examples/reproduce.py``).
+
+Each experiment is ``RunConfig.from_experiment(name, <scale>)`` then
+:func:`~perturbnn.repro.run.run_experiment`; the report comes from :mod:`perturbnn.repro.report`
+(table, orderings against the seed, metric error, plots). Every run writes ``log.jsonl``,
+``summary.json`` and checkpoints to ``<out-dir>/<experiment>/``; the report is then built from
+those files alone. The scales are in :mod:`perturbnn.repro.scales`.
+
+An interrupted run continues where it stopped: experiments whose ``summary.json`` exists are
+skipped (``--force`` reruns them) and one with a ``checkpoint_last.pt`` of the same settings
+resumes from it.
+
+Examples (from the repository root)::
+
+    perturbnn-repro                      # the same as: perturbnn-repro reproduce --scale cpu
+    perturbnn-repro reproduce --estimate
+    perturbnn-repro reproduce --report-only --out-dir runs/reproduce
+    perturbnn-repro reproduce --scale full --out-dir runs/full \\
+        --report docs/reproduction-full.md --img-dir docs/img/full
+    perturbnn-repro reproduce --only baseline pnn-fanout64-shared --nepochs 1 \\
+        --train-subset 64 --test-subset 50 --out-dir runs/tiny --report runs/tiny/report.md \\
+        --img-dir runs/tiny/img
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Optional
+
+from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
+from perturbnn.repro.cli.output import Parser, choice, echo, flag_names, name_flags, plural
+from perturbnn.repro.config import MACHINE_FIELDS, RunConfig
+from perturbnn.repro.data import DataCorruptError, DataNotFoundError
+from perturbnn.repro.experiments import EXPERIMENTS, list_experiments
+from perturbnn.repro.report import SUMMARY_FILE, build_report, format_duration
+from perturbnn.repro.run import run_experiment
+from perturbnn.repro.runtime import log_to_stdout
+from perturbnn.repro.scales import SCALES, Scale, estimate_costs, predict_seconds
+
+__all__ = ["build_parser", "main", "resolve_scale"]
+
+PROG = "perturbnn-repro reproduce"
+
+
+def print_budget(
+    names: Sequence[str], scale: Scale, costs: Optional[dict[str, tuple[float, float]]] = None
+) -> Optional[float]:
+    """Print the predicted time of each experiment and the total; return the total."""
+    echo(f"scale {scale.name}: {scale.summary_line()}")
+    width = max(len(n) for n in names)
+    echo(f"  {'experiment':<{width}}  width  batch  budget")
+    total: Optional[float] = 0.0
+    for name in names:
+        seconds = predict_seconds(name, scale, costs)
+        exp = EXPERIMENTS[name]
+        budget = format_duration(seconds) if seconds is not None else "not measured"
+        echo(
+            f"  {name:<{width}}  {scale.width(int(exp.config['nfilters'])):>5}  "
+            f"{exp.train['batch_size']:>5}  {budget}"
+        )
+        total = None if seconds is None or total is None else total + seconds
+    if total is not None:
+        echo(f"  {'total':<{width}}                {format_duration(total)}")
+    else:
+        echo(
+            "  total: not predicted (per-image costs are measured for --scale cpu on the CPU "
+            "only; run with --estimate to measure them here)"
+        )
+    return total
+
+
+def make_config(
+    name: str, scale: Scale, *, data_dir: str, out_dir: Path, progress: bool
+) -> RunConfig:
+    """The run of preset ``name`` at ``scale``, writing to ``out_dir / name``."""
+    return RunConfig.from_experiment(
+        name,
+        **scale.overrides(name),
+        data_dir=data_dir,
+        out_dir=str(out_dir / name),
+        progress=progress,
+    )
+
+
+def _experiment_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in dict(config).items() if k not in MACHINE_FIELDS}
+
+
+def _plain(config: RunConfig) -> dict[str, Any]:
+    """The configuration as ``summary.json`` and checkpoints store it (plain JSON types)."""
+    plain: dict[str, Any] = json.loads(json.dumps(config.to_dict()))
+    return plain
+
+
+def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(wanted))
+    return [
+        f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} here"
+        for k in keys
+        if saved.get(k) != wanted.get(k)
+    ]
+
+
+def _subset_arg(text: str) -> Optional[int]:
+    if text.lower() == "all":
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int or 'all', got {text!r}")
+    return value
+
+
+def _fraction_arg(text: str) -> Fraction:
+    try:
+        value = Fraction(text)
+    except (ValueError, ZeroDivisionError) as exc:
+        raise argparse.ArgumentTypeError(f"not a fraction: {text!r}") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The command-line parser of the reproduce-all command."""
+    defaults = RunConfig()
+    parser = Parser(
+        prog=prog,
+        description="Run the seed's eight CIFAR-10 experiments at one scale and write the "
+        "reproduction report (table, orderings against the seed, metric error, plots).",
+    )
+    parser.add_argument(
+        "--scale",
+        type=choice(sorted(SCALES), what="scale"),
+        default="cpu",
+        metavar="NAME",
+        help=f"shared setting: {', '.join(sorted(SCALES))}",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=defaults.data_dir,
+        help="folder holding cifar10/ (default: $PERTURBNN_DATA_DIR, else ./data or "
+        "../shared/data, the first that exists)",
+    )
+    parser.add_argument("--out-dir", default="runs/reproduce", help="one sub-folder per run")
+    parser.add_argument("--report", default="docs/reproduction.md", help="markdown to write")
+    parser.add_argument("--img-dir", default="docs/img", help="where the PNG plots go")
+    parser.add_argument(
+        "--gpu-runs",
+        default="docs/data/gpu_h200_runs.json",
+        help="JSON of short seed-width GPU runs to add to the report if the file exists ('' for none)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        type=choice(list_experiments(), what="experiment"),
+        help="run only these experiments (the report covers every run in --out-dir)",
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="no training: rebuild the report from the logs"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="rerun experiments that already have a summary.json"
+    )
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="no training: measure a few steps of each experiment and print the predicted times",
+    )
+    parser.add_argument(
+        "--metric-run",
+        metavar="NAME",
+        default=None,
+        help="run of the metric-error section; None: 'original' (the network of the seed's own "
+        "metric comparison) if it ran",
+    )
+    parser.add_argument("--progress", action="store_true", help="show tqdm bars")
+    group = parser.add_argument_group("overrides of the scale (recorded in the report)")
+    group.add_argument("--nepochs", type=int, default=None, help="epochs per experiment")
+    group.add_argument(
+        "--train-subset",
+        type=_subset_arg,
+        default=argparse.SUPPRESS,
+        metavar="N|all",
+        help="class-balanced training images",
+    )
+    group.add_argument(
+        "--test-subset",
+        type=_subset_arg,
+        default=argparse.SUPPRESS,
+        metavar="N|all",
+        help="class-balanced test images",
+    )
+    group.add_argument(
+        "--width-factor",
+        type=_fraction_arg,
+        default=None,
+        metavar="FRACTION",
+        help="multiplies every preset's nfilters, rounded up (e.g. 1/8)",
+    )
+    group.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    return parser
+
+
+def resolve_scale(args: argparse.Namespace) -> Scale:
+    """The chosen scale with the override flags applied."""
+    scale = SCALES[args.scale]
+    changes: dict[str, Any] = {}
+    if args.nepochs is not None:
+        changes["nepochs"] = args.nepochs
+    for key in ("train_subset", "test_subset"):
+        if hasattr(args, key):
+            changes[key] = getattr(args, key)
+    if args.width_factor is not None:
+        changes["width_factor"] = args.width_factor
+    if args.device is not None:
+        changes["device"] = args.device
+    changes = {k: v for k, v in changes.items() if getattr(scale, k) != v}
+    if not changes:
+        return scale
+    shown = ", ".join(f"{k}={v}" for k, v in changes.items())
+    return dataclasses.replace(
+        scale,
+        name=f"{scale.name}+overrides",
+        description=f"Scale `{scale.name}` with overrides ({shown}); not the preset scale. "
+        + f"Settings: {dataclasses.replace(scale, **changes).summary_line()}.",
+        **changes,
+    )
+
+
+def _rounded(seconds: Optional[float]) -> Optional[float]:
+    return None if seconds is None else round(seconds, 1)
+
+
+def _write_manifest(out_dir: Path, scale: Scale, command: str, budget: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "scale": scale.name,
+        "description": scale.description,
+        "settings": {
+            "width_factor": str(scale.width_factor),
+            "nepochs": scale.nepochs,
+            "train_subset": scale.train_subset,
+            "test_subset": scale.test_subset,
+            "device": scale.device,
+        },
+        "command": command,
+        "budget_s": budget,
+    }
+    (out_dir / "reproduce.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def train_all(names: Sequence[str], scale: Scale, args: argparse.Namespace, out_dir: Path) -> int:
+    """Run (or skip, or resume) each experiment; return 0, or 1 if one failed."""
+    status = 0
+    started = time.perf_counter()
+    for position, name in enumerate(names, start=1):
+        config = make_config(
+            name, scale, data_dir=args.data_dir, out_dir=out_dir, progress=args.progress
+        )
+        run_dir = out_dir / name
+        wanted = _experiment_fields(_plain(config))
+        summary_path = run_dir / SUMMARY_FILE
+        echo(f"\n[{position}/{len(names)}] {name}")
+        if summary_path.is_file() and not args.force:
+            saved = _experiment_fields(json.loads(summary_path.read_text()).get("config", {}))
+            differences = _differences(saved, wanted)
+            if differences:
+                raise ValueError(
+                    f"{summary_path} was run with other settings ({'; '.join(differences)}); "
+                    "pass --force to rerun it or choose another --out-dir"
+                )
+            echo(f"  done already ({summary_path}); skipped (--force reruns it)")
+            continue
+        if summary_path.is_file():
+            summary_path.unlink()  # --force: an interrupted rerun must not look finished
+        last = run_dir / "checkpoint_last.pt"
+        if last.is_file() and not args.force:
+            saved = _experiment_fields(load_checkpoint(last)["config"])
+            if not _differences(saved, wanted):
+                echo(f"  resuming from {last}")
+                config = config.replace(resume=str(last))
+            else:
+                echo(f"  {last} has other settings; starting over")
+        predicted = predict_seconds(name, scale)
+        if predicted is not None:
+            echo(f"  budget {format_duration(predicted)}")
+        began = time.perf_counter()
+        try:
+            summary = run_experiment(config, logger=logging.getLogger("perturbnn.repro.fit"))
+        except FloatingPointError as exc:
+            echo(f"  error: {exc}", err=True)
+            status = 1
+            continue
+        took = time.perf_counter() - began
+        budget = f" (budget {format_duration(predicted)})" if predicted is not None else ""
+        echo(
+            f"  {name}: best exact {summary.best_acc:.2%} (epoch {summary.best_epoch}), "
+            f"original-method {summary.original_best_acc:.2%}, in {format_duration(took)}{budget}"
+        )
+    echo(f"\ntraining took {format_duration(time.perf_counter() - started)} in all")
+    return status
+
+
+def main(argv: Optional[Sequence[str]] = None, *, command: str = PROG) -> int:
+    """Run the command line; return the exit status.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+        command: how the command was started, recorded with the arguments in the manifest
+            (``reproduce.json``) and the report.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    flags = flag_names(parser)
+    args = parser.parse_args(arguments)
+    out_dir = Path(args.out_dir)
+    names = list(args.only) if args.only else list_experiments()
+    status = 0
+
+    if not args.report_only:
+        try:
+            scale = resolve_scale(args)
+        except ValueError as exc:
+            parser.error(str(exc))
+        try:  # every run's options, checked before anything is printed or written
+            for name in names:
+                make_config(name, scale, data_dir=args.data_dir, out_dir=out_dir, progress=False)
+        except (TypeError, ValueError) as exc:
+            echo(f"error: {name_flags(str(exc), flags)}", err=True)
+            return 2
+        if args.estimate:
+            echo(f"measuring at scale {scale.name}: {scale.summary_line()}")
+            try:
+                costs = estimate_costs(names, scale, data_dir=args.data_dir)
+            except (DataNotFoundError, DataCorruptError, ValueError) as exc:
+                echo(f"error: {name_flags(str(exc), flags)}", err=True)
+                return 2
+            echo()
+            print_budget(names, scale, costs)
+            echo("\nCPU_COSTS = {")
+            for name, (train_s, test_s) in costs.items():
+                echo(f'    "{name}": ({train_s:.5f}, {test_s:.5f}),')
+            echo("}")
+            return 0
+        total = print_budget(names, scale)
+        if total is not None and total > 3600:
+            echo("warning: the predicted total is over one hour", err=True)
+        budget = {name: _rounded(predict_seconds(name, scale)) for name in names}
+        _write_manifest(out_dir, scale, f"{command} {shlex.join(arguments)}".strip(), budget)
+        log_to_stdout()
+        try:
+            status = train_all(names, scale, args, out_dir)
+        except KeyboardInterrupt:
+            echo(
+                "\ninterrupted; run the same command again to continue (finished experiments "
+                "are skipped, the interrupted one resumes from its last checkpoint)",
+                err=True,
+            )
+            return 130
+        except (DataNotFoundError, DataCorruptError, CheckpointError, ValueError, OSError) as exc:
+            echo(f"error: {name_flags(str(exc), flags)}", err=True)
+            return 2
+
+    try:
+        gpu_runs = Path(args.gpu_runs) if args.gpu_runs else None
+        report = build_report(
+            out_dir,
+            args.report,
+            args.img_dir,
+            metric_run=args.metric_run,
+            gpu_runs=gpu_runs if gpu_runs is not None and gpu_runs.is_file() else None,
+        )
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        echo(f"error: {name_flags(str(exc), flags)}", err=True)
+        return 2
+    echo(
+        f"\nreport: {report.markdown} ({plural(len(report.runs), 'run')}); plots in {args.img_dir}"
+    )
+    for finding in report.findings:
+        echo(f"  {finding.verdict}: {finding.claim}")
+    return status

@@ -1,0 +1,259 @@
+"""The scales of the reproduction: one shared setting (width, epochs, subsets, device) for all
+eight experiments, and the predicted time of each run.
+
+* ``cpu``: every preset's width divided by 8, rounded up (128 -> 16 filters, the baseline's
+  44 -> 6, so that the parameter counts stay matched as in the seed), each preset's own batch
+  size and learning rate, 10 epochs on class-balanced subsets of 4,000 training and 2,000 test
+  images: all eight are predicted to take about 42 minutes on a 2-core CPU, from measured
+  per-image times (:data:`CPU_COSTS`).
+* ``full``: the seed's configuration (its widths, 150 epochs, all 50,000 training and 10,000
+  test images); meant for a GPU.
+
+Source: the seed's experiments in ``../shared/reference/pnn-reproduction-notes.txt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Optional
+
+from perturbnn.repro.config import RunConfig
+from perturbnn.repro.experiments import EXPERIMENTS
+
+__all__ = ["CPU_COSTS", "SCALES", "Scale", "estimate_costs", "predict_seconds"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One shared setting for all eight experiments.
+
+    Attributes:
+        name: ``"cpu"`` or ``"full"`` (with ``+overrides`` when flags changed it).
+        width_factor: every preset's ``nfilters`` is multiplied by this and rounded up.
+        nepochs: epochs per experiment.
+        train_subset, test_subset: class-balanced subset sizes (``None``: all images).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        description: why this scale, for the report.
+    """
+
+    name: str
+    width_factor: Fraction
+    nepochs: int
+    train_subset: Optional[int]
+    test_subset: Optional[int]
+    device: str
+    description: str
+
+    def width(self, nfilters: int) -> int:
+        """``nfilters`` scaled and rounded up (44 / 8 = 5.5 -> 6)."""
+        return max(1, math.ceil(nfilters * self.width_factor))
+
+    def overrides(self, name: str) -> dict[str, Any]:
+        """:class:`RunConfig` fields this scale sets for preset ``name``."""
+        return {
+            "nfilters": self.width(int(EXPERIMENTS[name].config["nfilters"])),
+            "nepochs": self.nepochs,
+            "train_subset": self.train_subset,
+            "test_subset": self.test_subset,
+            "device": self.device,
+        }
+
+    def summary_line(self) -> str:
+        widths = sorted({int(e.config["nfilters"]) for e in EXPERIMENTS.values()}, reverse=True)
+        mapping = ", ".join(f"{w} -> {self.width(w)}" for w in widths)
+        data = (
+            f"{_size(self.train_subset, 50_000)} training / {_size(self.test_subset, 10_000)} "
+            "test images"
+        )
+        return (
+            f"width x{self.width_factor} ({mapping}), {self.nepochs} "
+            f"epoch{'' if self.nepochs == 1 else 's'}, {data}, "
+            f"each preset's batch size and learning rate, device {self.device}"
+        )
+
+
+def _size(subset: Optional[int], full: int) -> str:
+    return f"all {full:,}" if subset is None else f"{subset:,}"
+
+
+_CPU_DESCRIPTION = (
+    "Widths divided by 8 and rounded up (128 -> 16 filters, the baseline's 44 -> 6), so that "
+    "the baseline and the PNN variants keep the parameter match the seed made (about 92,000 to "
+    "100,000 parameters each, except the fanout-64 variants, as at the seed's scale). Each "
+    "preset keeps its own batch size (10 or 16) and learning rate: a common batch of 64 would "
+    "change the optimisation the seed compared (4 to 6.4 times fewer steps per epoch), and it "
+    "measured no faster for the three fanout-64 experiments that set the budget. Training uses "
+    "a class-balanced subset of {train:,} of the 50,000 training images for {epochs} epochs; "
+    "every epoch is tested on a class-balanced subset of {test:,} of the 10,000 test images "
+    "(a binomial standard error of about {se:.1f} points near 50% accuracy). Chosen from "
+    "per-image times measured on the 2-core CPU with `--estimate` (the fanout-64 experiments "
+    "cost 11 to 18 ms per training image, the other five 1.6 to 2.9 ms) so that all eight are "
+    "predicted to take about {minutes:.0f} minutes. At this scale the networks are far from "
+    "converged: absolute accuracies are not comparable with the seed's (150 epochs, all the "
+    "data, about 8 times wider). What can be compared is the ordering of the eight after the "
+    "same short training, and the metric error, since both figures come from the same run."
+)
+
+#: The shared settings. ``cpu`` is sized by :data:`CPU_COSTS`; ``full`` is the seed's.
+SCALES: dict[str, Scale] = {
+    "cpu": Scale(
+        name="cpu",
+        width_factor=Fraction(1, 8),
+        nepochs=10,
+        train_subset=4000,
+        test_subset=2000,
+        device="cpu",
+        description="",  # filled in below, from _CPU_DESCRIPTION and the measured costs
+    ),
+    "full": Scale(
+        name="full",
+        width_factor=Fraction(1),
+        nepochs=150,
+        train_subset=None,
+        test_subset=None,
+        device="auto",
+        description=(
+            "The seed's configuration: its widths (128 filters, the baseline 44), batch sizes "
+            "and learning rates, 150 epochs, all 50,000 training and 10,000 test images. "
+            "Meant for a GPU."
+        ),
+    ),
+}
+
+
+def _cpu_description(scale: Scale) -> str:
+    assert scale.train_subset is not None and scale.test_subset is not None
+    minutes = sum(predict_seconds(name, scale) or 0.0 for name in EXPERIMENTS) / 60
+    return _CPU_DESCRIPTION.format(
+        train=scale.train_subset,
+        test=scale.test_subset,
+        epochs=scale.nepochs,
+        se=100 * math.sqrt(0.25 / scale.test_subset),
+        minutes=minutes,
+    )
+
+
+#: Seconds per training image and per test image of each experiment at the ``cpu`` widths (width
+#: x1/8), with the preset's batch size, on the 2-core CPU this project is developed on, torch's
+#: default threads, measured with ``--estimate`` on a quiet machine (median step of 12 after 2
+#: warm-up steps, loading the batch included; the larger of two measurements). Used to print
+#: the budget before a ``cpu`` run.
+CPU_COSTS: dict[str, tuple[float, float]] = {
+    "baseline": (0.00165, 0.00041),
+    "original": (0.00160, 0.00048),
+    "original-first3": (0.00292, 0.00099),
+    "no-noise-1x1": (0.00170, 0.00053),
+    "pnn-all-layers": (0.00192, 0.00068),
+    "pnn-fanout64-unique-mix": (0.01792, 0.00586),
+    "pnn-fanout64-shared": (0.01130, 0.00273),
+    "pnn-fanout64-shared-trained": (0.01638, 0.00264),
+}
+
+
+def _samples(subset: Optional[int], full: int) -> int:
+    return full if subset is None else subset
+
+
+def predict_seconds(
+    name: str, scale: Scale, costs: Optional[dict[str, tuple[float, float]]] = None
+) -> Optional[float]:
+    """Predicted wall time of one experiment at ``scale``, from per-image costs.
+
+    Args:
+        name: the preset.
+        scale: the scale.
+        costs: seconds per training and per test image; default :data:`CPU_COSTS`, which only
+            holds for the ``cpu`` widths on the CPU.
+
+    Returns:
+        float, optional: seconds, or ``None`` if no cost was measured for this setting.
+    """
+    if costs is None:
+        if scale.width_factor != SCALES["cpu"].width_factor or scale.device != "cpu":
+            return None
+        costs = CPU_COSTS
+    if name not in costs:
+        return None
+    train_s, test_s = costs[name]
+    per_epoch = _samples(scale.train_subset, 50_000) * train_s
+    per_epoch += _samples(scale.test_subset, 10_000) * test_s
+    return scale.nepochs * per_epoch
+
+
+SCALES["cpu"] = dataclasses.replace(SCALES["cpu"], description=_cpu_description(SCALES["cpu"]))
+
+
+def estimate_costs(
+    names: Sequence[str], scale: Scale, *, data_dir: str, steps: int = 12
+) -> dict[str, tuple[float, float]]:
+    """Measure seconds per training and per test image of each experiment at ``scale``.
+
+    The median over ``steps`` training steps after two warm-up steps (loading the batch,
+    forward, backward and optimizer step), and over ``steps`` test batches after one warm-up
+    batch. One-time costs are left out: loading the data set (a few seconds per experiment)
+    and the first steps of a model (about 10 s for the fanout-64 ones). Run it on a quiet
+    machine: other processes on the same cores inflate the times several-fold.
+    """
+    import torch
+
+    from perturbnn.repro.run import prepare_run
+
+    costs: dict[str, tuple[float, float]] = {}
+    for name in names:
+        config = RunConfig.from_experiment(
+            name, **scale.overrides(name), data_dir=data_dir, out_dir=None, progress=False
+        )
+        batch = config.batch_size
+        config = config.replace(train_subset=batch * (steps + 2))
+        run = prepare_run(config)
+        model, optimizer = run.model, run.optimizer
+        criterion = torch.nn.CrossEntropyLoss()
+        times = []
+        batches = iter(run.train_loader)
+        while True:
+            began = time.perf_counter()  # loading the batch counts too
+            try:
+                inputs, targets = next(batches)
+            except StopIteration:
+                break
+            inputs, targets = inputs.to(run.device), targets.to(run.device)
+            optimizer.zero_grad(set_to_none=True)
+            criterion(model(inputs), targets).backward()
+            optimizer.step()
+            if run.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - began)
+        timed = sorted(times[2:]) or sorted(times)
+        train_s = timed[len(timed) // 2] / batch
+        model.eval()
+        test_times = []
+        with torch.no_grad():
+            batches = iter(run.test_loader)
+            for _ in range(steps + 1):
+                began = time.perf_counter()
+                try:
+                    inputs, _ = next(batches)
+                except StopIteration:
+                    break
+                model(inputs.to(run.device))
+                if run.device.type == "cuda":
+                    torch.cuda.synchronize()
+                test_times.append((time.perf_counter() - began) / inputs.shape[0])
+        timed = sorted(test_times[1:]) or sorted(test_times)
+        test_s = timed[len(timed) // 2]
+        costs[name] = (train_s, test_s)
+        _LOGGER.info(
+            "  %-28s %8.2f ms per training image  %7.2f ms per test image",
+            name,
+            1000 * train_s,
+            1000 * test_s,
+        )
+    return costs
