@@ -6,7 +6,8 @@ Writes one run folder per preset and ``OUT/gpu_exps.json``; ``docs/data/gpu_h200
 holds what it gave on an H200 (see ``docs/reproduction.md``).
 
 The device gets only what fits the 64 MiB transfer: CIFAR-10 train file 1 (10,000 images) and
-the full 10,000-image test set. Everything else is the preset (width, batch size, lr, Adam).
+the full 10,000-image test set. Everything else is the preset (width, batch size, lr) and the
+seed's recipe (SGD with Nesterov momentum, the seed's initialization and schedule).
 """
 
 import json
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from perturbnn import build_model, count_mask_values, count_parameters
+from perturbnn import build_model, count_mask_values, count_parameters, init_weights_
 from perturbnn.repro.config import RunConfig
 from perturbnn.repro.data import ArrayImageDataset, build_transform
 from perturbnn.repro.fit import fit
@@ -46,7 +47,8 @@ for name in ("baseline", "no-noise-1x1", "pnn-fanout64-shared"):
     set_seed(cfg.manual_seed)
     model = build_model(
         cfg.net_type, **cfg.model_config(in_channels=3, input_size=32, nclasses=10)
-    ).cuda()
+    )
+    model = init_weights_(model).cuda()
     opt = make_optimizer(
         cfg.optim_method,
         model,

@@ -415,3 +415,35 @@ def test_data_parallel_replication_refused_only_before_the_first_forward():
     layer(torch.randn(1, 2, 3, 3))
     replica = layer._replicate_for_data_parallel()
     assert replica.noise.masks is layer.noise.masks
+
+
+@pytest.mark.parametrize("use_act", [False, True])
+def test_one_activation_module_serves_the_whole_perturb_layer(use_act):
+    """As in the seed, one ``PReLU`` (one slope) after the noise, after BatchNorm, in MixMaps."""
+    layer = PerturbLayer(4, 8, 2, input_size=3, act="prelu", use_act=use_act, mix_maps=True)
+    prelus = {id(m) for m in layer.modules() if isinstance(m, nn.PReLU)}
+    assert len(prelus) == 1
+    shared = layer[2]
+    assert layer[-1][2] is shared
+    assert (layer[0].activation is shared) is use_act
+    relu = PerturbLayer(4, 8, 2, input_size=3, act="relu", use_act=use_act, mix_maps=True)
+    count = sum(p.numel() for p in layer.parameters())
+    assert count == sum(p.numel() for p in relu.parameters()) + 1
+    x = torch.randn(2, 4, 3, 3)
+    layer(x).sum().backward()
+    assert shared.weight.grad is not None and shared.weight.grad.abs().item() > 0
+
+
+def test_activation_module_must_be_a_module():
+    with pytest.raises(TypeError, match="activation"):
+        PerturbConv2d(2, 4, 2, input_size=3, use_act=True, activation="relu")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="activation"):
+        MixMaps(4, activation=torch.relu)  # type: ignore[arg-type]
+
+
+def test_given_activation_module_is_used():
+    act = nn.PReLU()
+    layer = PerturbConv2d(2, 4, 2, input_size=3, use_act=True, act="prelu", activation=act)
+    assert layer.activation is act
+    assert PerturbConv2d(2, 4, 2, input_size=3, activation=act).activation is None  # no use_act
+    assert MixMaps(4, "prelu", activation=act)[2] is act

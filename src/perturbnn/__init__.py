@@ -4,13 +4,15 @@ Layers (:class:`NoiseMask`, :class:`PerturbConv2d`, :class:`MixMaps`, :class:`Pe
 :class:`PerturbBottleneck`), the five networks of the PNN reproduction (:func:`resnet18`,
 :func:`noiseresnet18`, :func:`perturb_resnet18`, :func:`cifarnet`, :func:`lenet`), deeper ResNets
 (:func:`noiseresnet34` to :func:`noiseresnet152`, :func:`perturb_resnet34`,
-:func:`perturb_resnet50`), their registry, and :func:`convert` for existing networks.
+:func:`perturb_resnet50`), their registry, :func:`convert` for existing networks,
+and the seed's weight initialization (:func:`init_weights_`).
 """
 
 from perturbnn import functional
 from perturbnn._version import __version__
 from perturbnn.activations import ACTIVATIONS, make_activation
 from perturbnn.convert import ConvertedLayer, ConvertReport, convert
+from perturbnn.init import init_weights_
 from perturbnn.layers import NOISE_TYPES, MixMaps, NoiseMask, PerturbConv2d, PerturbLayer
 from perturbnn.models import (
     POOL_TYPES,
@@ -52,6 +54,7 @@ __all__ = [
     "count_mask_values",
     "count_parameters",
     "functional",
+    "init_weights_",
     "lenet",
     "list_models",
     "make_activation",

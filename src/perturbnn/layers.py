@@ -62,6 +62,11 @@ def _drop_lazy_hooks(module: nn.Module) -> None:
             delattr(module, name)
 
 
+def _check_activation(activation: object) -> None:
+    if activation is not None and not isinstance(activation, nn.Module):
+        raise TypeError(f"activation must be an nn.Module or None, got {type(activation).__name__}")
+
+
 class NoiseMask(LazyModuleMixin, nn.Module):
     """Fixed (or trainable) additive noise masks: the perturbation of a PNN layer.
 
@@ -292,6 +297,10 @@ class PerturbConv2d(LazyModuleMixin, nn.Module):
         noise_type, unique_masks, train_masks, generator: as in :class:`NoiseMask`.
         use_act: apply ``act`` between the perturbation and the 1x1 convolution.
         act: activation name (see :data:`perturbnn.activations.ACTIVATIONS`).
+        activation: with ``use_act``, the activation module to apply instead of a new one made
+            from ``act`` (it should be the module ``act`` names). :class:`PerturbLayer` passes
+            the one module that it reuses throughout the layer, so that a ``prelu`` slope is
+            shared as in the seed. Default: a new module.
         bias: learn a bias in the 1x1 convolution.
         impl: how the layer is computed; every choice gives the same outputs and gradients up
             to rounding (see :func:`perturbnn.functional.perturb_conv2d`). ``"grouped"``: the
@@ -341,6 +350,7 @@ class PerturbConv2d(LazyModuleMixin, nn.Module):
         train_masks: bool = False,
         use_act: bool = False,
         act: str = "relu",
+        activation: Optional[nn.Module] = None,
         bias: bool = True,
         impl: str = "auto",
         generator: Optional[torch.Generator] = None,
@@ -349,6 +359,7 @@ class PerturbConv2d(LazyModuleMixin, nn.Module):
     ) -> None:
         super().__init__()
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
+        _check_activation(activation)
         self.impl = check_choice("impl", impl, PF.IMPLS)
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.out_channels = check_positive_int("out_channels", out_channels)
@@ -376,7 +387,11 @@ class PerturbConv2d(LazyModuleMixin, nn.Module):
             generator=generator,
             **factory_kwargs,
         )
-        self.activation: Optional[nn.Module] = make_activation(act) if use_act else None
+        if not use_act:
+            activation = None
+        elif activation is None:
+            activation = make_activation(act)
+        self.activation: Optional[nn.Module] = activation
         self.weight = nn.Parameter(
             torch.empty(out_channels, in_channels * nmasks // self.groups, 1, 1, **factory_kwargs)
         )
@@ -465,6 +480,8 @@ class MixMaps(nn.Sequential):
     Args:
         channels: input and output channels.
         act: activation name.
+        activation: the activation module to use instead of a new one made from ``act``
+            (:class:`PerturbLayer` passes the module it shares). Default: a new module.
         bias: learn a bias in the 1x1 convolution (the seed does).
         device, dtype: factory keyword arguments.
 
@@ -485,12 +502,15 @@ class MixMaps(nn.Sequential):
         channels: int,
         act: str = "relu",
         *,
+        activation: Optional[nn.Module] = None,
         bias: bool = True,
         device: DeviceLike = None,
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         check_positive_int("channels", channels)
-        activation = make_activation(act)
+        _check_activation(activation)
+        if activation is None:
+            activation = make_activation(act)
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__(
             nn.Conv2d(
@@ -513,7 +533,9 @@ class PerturbLayer(nn.Sequential):
     """Building block of the seed's networks: a perturbation layer or a regular convolution.
 
     - ``filter_size == 0``: :class:`PerturbConv2d` + BatchNorm + activation, then :class:`MixMaps`
-      when ``mix_maps=True``.
+      when ``mix_maps=True``. As in the seed, one activation module serves the whole layer
+      (after the noise when ``use_act``, after the BatchNorm, inside :class:`MixMaps`), so a
+      ``prelu`` layer has a single learnable slope.
     - ``filter_size = n > 0`` (odd): ``n x n`` convolution + BatchNorm + activation, padding
       ``n // 2``; ``n = 7`` has stride 2 (halving the map) unless ``stride`` says otherwise; the
       convolution has a bias only for ``n = 1``. The noise options are then unused.
@@ -605,6 +627,7 @@ class PerturbLayer(nn.Sequential):
         check_choice("pool_type", pool_type, POOL_TYPES)
         modules: list[nn.Module]
         if filter_size == 0:
+            activation = make_activation(act)  # one module, reused: the seed shares it
             modules = [
                 PerturbConv2d(
                     in_channels,
@@ -619,16 +642,17 @@ class PerturbLayer(nn.Sequential):
                     train_masks=train_masks,
                     use_act=use_act,
                     act=act,
+                    activation=activation,
                     bias=True,
                     impl=impl,
                     generator=generator,
                     **factory_kwargs,
                 ),
                 nn.BatchNorm2d(out_channels, **factory_kwargs),
-                make_activation(act),
+                activation,
             ]
             if mix_maps:
-                modules.append(MixMaps(out_channels, act, **factory_kwargs))
+                modules.append(MixMaps(out_channels, act, activation=activation, **factory_kwargs))
         else:
             modules = [
                 nn.Conv2d(

@@ -9,8 +9,28 @@ import perturbnn
 from perturbnn import build_model, count_mask_values, count_parameters, list_models
 
 # Seed experiments (noise level 0.5, 10 classes, 32x32 input, unique masks unless stated):
-# (builder, options, trainable parameters excluding masks, noise-mask values).
+# (builder, options, trainable parameters excluding masks, noise-mask values). The last three
+# rows are parameter counts measured on the seed's own models.py (issue "Faithful to the seed");
+# their mask values are sum(C * nmasks * H * W) over the perturbation layers.
 PARAMETER_TABLE = [
+    # lenet: 3 perturbation layers of 64 maps at 32, 16, 8 pixels (masks 3*1024 + 64*256 + 64*64).
+    ("lenet", {"nfilters": 64, "first_filter_size": 0, "filter_size": 0}, 141_706, 23_552),
+    ("cifarnet", {"nfilters": 64, "first_filter_size": 3, "filter_size": 3}, 452_298, 0),
+    # One PReLU slope per PerturbLayer, shared after the noise, after BatchNorm and in mix_maps.
+    (
+        "perturb_resnet18",
+        {
+            "nfilters": 8,
+            "first_filter_size": 3,
+            "filter_size": 0,
+            "nmasks": 4,
+            "unique_masks": True,
+            "mix_maps": True,
+            "act": "prelu",
+        },
+        30_371,
+        274_432,
+    ),
     ("resnet18", {"nfilters": 44}, 5_284_982, 0),
     ("noiseresnet18", {"nfilters": 128, "first_filter_size": 7}, 5_640_074, 68_608),
     ("noiseresnet18", {"nfilters": 128, "first_filter_size": 3}, 5_624_714, 1_097_728),
@@ -189,7 +209,7 @@ def test_builder_dtype_and_device_factory_kwargs():
     assert all(
         t.dtype == torch.float64 for t in model.state_dict().values() if t.is_floating_point()
     )
-    assert model(torch.randn(1, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
+    assert model(torch.randn(2, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
 
 
 # Deeper ResNets (defaults: nfilters 64, level 0.5; perturb_* with first_filter_size 7):

@@ -105,7 +105,8 @@ def test_unknown_name_is_one_line_with_valid_names_and_a_guess(
     assert len(err.strip().splitlines()) == 1, err  # no usage block
     assert "usage:" not in err
     assert "--net-type" in err and "did you mean 'resnet18'" in err
-    assert "valid: cifarnet, lenet, noiseresnet18, perturb_resnet18, resnet18" in err
+    assert "valid: cifarnet, lenet, noiseresnet101, noiseresnet152, noiseresnet18," in err
+    assert "perturb_resnet50, resnet18)" in err
     for argv in (["--act", "rleu"], ["--impl", "fast"]):
         with pytest.raises(SystemExit):
             train_cli.build_parser().parse_args(argv)
@@ -234,10 +235,11 @@ def test_progress_wraps_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> N
     pytest.importorskip("tqdm")
     items = [1, 2, 3]
     monkeypatch.setattr(sys, "stderr", _Stream(tty=False))
-    assert progress_mod._progress(items, enabled=True, desc="x") is items
+    plain = progress_mod._progress(items, enabled=True, desc="x")  # one plain iterator
+    assert not hasattr(plain, "set_postfix") and list(plain) == items
     monkeypatch.setattr(sys, "stderr", _Stream(tty=True))
     bar = progress_mod._progress(items, enabled=True, desc="x")
-    assert bar is not items and list(bar) == items
+    assert hasattr(bar, "set_postfix") and list(bar) == items
 
 
 # ------------------------------------------------------------------------ entry points

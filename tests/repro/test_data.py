@@ -99,12 +99,12 @@ def write_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
 
 
 def test_dataset_info() -> None:
-    assert DATASETS == ("CIFAR10", "MNIST")
+    assert DATASETS[:2] == ("CIFAR10", "CIFAR100") and "MNIST" in DATASETS
     assert dataset_info("CIFAR10") == DatasetInfo("CIFAR10", 3, 32, 10)
     assert dataset_info("MNIST") == DatasetInfo("MNIST", 1, 28, 10)
     assert dataset_info("cifar10") == dataset_info("Cifar-10") == dataset_info("CIFAR10")
-    with pytest.raises(ValueError, match=r"'svhn'.*CIFAR10, MNIST"):
-        dataset_info("svhn")
+    with pytest.raises(ValueError, match=r"'imagenet'.*CIFAR10, CIFAR100, SVHN"):
+        dataset_info("imagenet")
 
 
 def test_test_transform_is_plain_normalization() -> None:

@@ -129,7 +129,11 @@ def test_resume_takes_the_configuration_from_the_checkpoint(smoke: dict[str, Any
 def test_list_experiments_prints_the_eight_presets(tmp_path: Path) -> None:
     proc = run_script("--list-experiments", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    rows = proc.stdout.splitlines()[1:]
+    recipe, header, *rows = proc.stdout.splitlines()
+    for fact in ("SGD with Nesterov momentum 0.9", "weight decay 0.0001", "150 epochs",
+                 "from epochs 60, 90, 120, 160", "seed 1", "init_weights_"):  # fmt: skip
+        assert fact in recipe
+    assert header.split()[0] == "name"
     assert [row.split()[0] for row in rows] == list_experiments()
     for row, exp in zip(rows, EXPERIMENTS.values()):
         assert f"{100 * exp.seed_accuracy:.1f}%" in row

@@ -35,7 +35,7 @@ from perturbnn.repro.config import RunConfig
 from perturbnn.repro.debug import attach_debug_hooks
 from perturbnn.repro.fit import HISTORY_KEYS, fit
 from perturbnn.repro.loop import evaluate, train_one_epoch
-from perturbnn.repro.optim import make_optimizer, make_scheduler
+from perturbnn.repro.optim import lr_factor, make_optimizer, make_scheduler
 from perturbnn.repro.runtime import set_seed
 
 # ------------------------------------------------------------------------------ helpers
@@ -381,30 +381,69 @@ def test_make_optimizer_only_trainable_parameters() -> None:
 # ------------------------------------------------------------------------------ schedule
 
 
-def lr_at(dataset: str, epoch: int) -> float:
+def lr_of_epochs(dataset: str, epochs: int) -> list[float]:
+    """The rate each epoch 1..epochs runs at, read as the training loop reads it."""
     opt = make_optimizer("SGD", nn.Linear(2, 2), lr=1.0)
     sched = make_scheduler(opt, dataset)
-    for _ in range(epoch):
+    rates = []
+    for _ in range(epochs):
+        rates.append(float(opt.param_groups[0]["lr"]))  # set before the epoch's first step
         opt.step()  # no gradients: a no-op, but the order torch expects
         sched.step()
-    return float(opt.param_groups[0]["lr"])
+    return rates
 
 
-def test_schedule_cifar10_multiplies_by_0_2_at_150_250_300_350_400() -> None:
-    assert lr_at("CIFAR10", 0) == 1.0
-    assert lr_at("CIFAR10", 149) == 1.0
-    assert lr_at("CIFAR10", 150) == pytest.approx(0.2)
-    assert lr_at("CIFAR10", 249) == pytest.approx(0.2)
-    assert lr_at("CIFAR10", 250) == pytest.approx(0.04)
-    assert lr_at("CIFAR10", 400) == pytest.approx(0.2**5)
+def seed_rule(dataset: str, e: int) -> float:
+    """The issue's statement of the seed's schedule, literally (epoch e counted from 1)."""
+    if dataset == "CIFAR10":
+        return 0.2 ** sum(1 for m in (60, 90, 120, 160) if m <= e)
+    if dataset == "CIFAR100":
+        return 0.1 ** sum(1 for m in (80, 120, 160) if m <= e)
+    if dataset in ("MNIST", "FashionMNIST"):
+        return 0.2 ** sum(1 for m in (30, 60, 90) if m <= e)
+    if dataset == "ImageFolder":
+        return 0.1 ** ((e - 1) // 30)
+    return 1.0  # SVHN, STL10: no rule in the seed's schedule
 
 
-def test_schedule_mnist_and_unknown() -> None:
-    assert lr_at("MNIST", 29) == 1.0
-    assert lr_at("MNIST", 30) == pytest.approx(0.2)
-    assert lr_at("MNIST", 90) == pytest.approx(0.008)
-    with pytest.raises(ValueError, match="'SVHN'"):
-        make_scheduler(make_optimizer("SGD", nn.Linear(2, 2), lr=1.0), "SVHN")
+@pytest.mark.parametrize(
+    "dataset", ["CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "ImageFolder", "SVHN", "STL10"]
+)
+def test_schedule_is_the_seeds_rule_for_every_epoch(dataset: str) -> None:
+    rates = lr_of_epochs(dataset, 200)
+    for e, rate in enumerate(rates, start=1):
+        assert rate == pytest.approx(seed_rule(dataset, e), rel=1e-12), (dataset, e)
+        assert lr_factor(dataset, e) == pytest.approx(seed_rule(dataset, e), rel=1e-12)
+
+
+def test_schedule_boundaries_and_errors() -> None:
+    rates = lr_of_epochs("CIFAR10", 61)
+    assert rates[58] == 1.0 and rates[59] == pytest.approx(0.2)  # epoch 59: lr; epoch 60: 0.2 lr
+    assert lr_factor("cifar-10", 160) == pytest.approx(0.2**4)
+    with pytest.raises(ValueError, match="'Imagenette'"):
+        make_scheduler(make_optimizer("SGD", nn.Linear(2, 2), lr=1.0), "Imagenette")
+    with pytest.raises(ValueError, match="epoch must be an int >= 1"):
+        lr_factor("CIFAR10", 0)
+
+
+def test_custom_milestones_keep_multistep_semantics() -> None:
+    opt = make_optimizer("SGD", nn.Linear(2, 2), lr=1.0)
+    sched = make_scheduler(opt, "CIFAR10", milestones=[2], gamma=0.5)
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == 0.5
+
+
+def test_seed_defaults_sgd_nesterov() -> None:
+    config = RunConfig()
+    assert (config.optim_method, config.learning_rate, config.batch_size) == ("SGD", 1e-3, 64)
+    assert (config.nepochs, config.level, config.dropout, config.manual_seed) == (150, 0.5, 0.5, 1)
+    assert (config.momentum, config.weight_decay) == (0.9, 1e-4)
+    group = make_optimizer(config.optim_method, tiny_model(), lr=config.learning_rate).param_groups[0]
+    assert group["nesterov"] is True and group["momentum"] == 0.9 and group["weight_decay"] == 1e-4
+    adam = make_optimizer("Adam", tiny_model(), lr=1e-3).param_groups[0]
+    assert adam["betas"] == (0.9, 0.999)
 
 
 # ------------------------------------------------------------------------------ misc
@@ -459,7 +498,7 @@ def test_run_config_from_experiment_and_validation() -> None:
     assert config.net_type == "perturb_resnet18" and config.experiment == "pnn-fanout64-shared"
     assert (config.nmasks, config.unique_masks, config.first_filter_size) == (64, False, 3)
     assert (config.nfilters, config.batch_size, config.learning_rate) == (8, 4, 1e-3)
-    assert config.nepochs == 150 and config.optim_method == "Adam"  # seed defaults
+    assert config.nepochs == 150 and config.optim_method == "SGD"  # seed defaults
     options = config.model_config(in_channels=3, input_size=32, nclasses=10)
     assert options["nmasks"] == 64 and options["in_channels"] == 3
     assert RunConfig(optim_method="sgd").optim_method == "SGD"

@@ -1,11 +1,13 @@
-"""Plain (non-residual) PNN networks: a stack of layers, pooling, dropout, one linear layer."""
+"""Plain (non-residual) PNN networks: a stack of layers and poolings, then a two-layer head."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 from torch import Tensor, nn
 
+from perturbnn.activations import make_activation
 from perturbnn.layers import PerturbLayer
 from perturbnn.models._common import check_model_input, make_pool, stem_layer
 from perturbnn.models._config import ModelConfig
@@ -14,32 +16,51 @@ __all__ = ["PlainNet", "build_plain_net"]
 
 
 class PlainNet(nn.Module):
-    """``features`` (layers and poolings), flatten, dropout, linear classifier.
+    """``features`` (layers and poolings), flatten, then the seed's two-layer ``classifier``.
+
+    ``classifier``: ``Dropout -> Linear(nfeatures, hidden) -> BatchNorm1d(hidden) -> activation
+    -> Dropout -> Linear(hidden, nclasses)``, both dropouts with probability ``config.dropout``
+    (one module, as in the seed) and the activation a new module of ``config.act``.
+
+    Source: the seed's ``lenet`` (``hidden`` 128) and ``cifarnet`` (``hidden`` 256) heads.
 
     Shape:
         - Input: ``Tensor[batch_size, in_channels, input_size, input_size]``.
         - Output: logits ``Tensor[batch_size, nclasses]``.
     """
 
-    def __init__(self, features: nn.Sequential, nfeatures: int, config: ModelConfig) -> None:
+    def __init__(
+        self, features: nn.Sequential, nfeatures: int, hidden: int, config: ModelConfig
+    ) -> None:
         super().__init__()
         self.config = dataclasses.replace(config, generator=None)  # keep the module deep-copyable
+        fk = config.factory_kwargs
+        dropout = nn.Dropout(config.dropout)
         self.features = features
-        self.dropout = nn.Dropout(config.dropout)
-        self.linear = nn.Linear(nfeatures, config.nclasses, **config.factory_kwargs)
+        self.classifier = nn.Sequential(
+            dropout,
+            nn.Linear(nfeatures, hidden, **fk),
+            nn.BatchNorm1d(hidden, **fk),
+            make_activation(config.act),
+            dropout,
+            nn.Linear(hidden, config.nclasses, **fk),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
-        check_model_input(x, self.config, self.linear.weight)
-        logits: Tensor = self.linear(self.dropout(self.features(x).flatten(1)))
+        check_model_input(x, self.config, cast(Tensor, self.classifier[1].weight))
+        logits: Tensor = self.classifier(self.features(x).flatten(1))
         return logits
 
 
-def build_plain_net(name: str, config: ModelConfig, widths: list[list[int]]) -> PlainNet:
+def build_plain_net(
+    name: str, config: ModelConfig, widths: list[list[int]], *, hidden: int
+) -> PlainNet:
     """Build ``len(widths)`` groups of layers, each followed by 3x3 stride-2 pooling (padding 1).
 
     ``widths[g]`` lists the output channels of group ``g``'s layers as multiples of
     ``nfilters``. The first layer is the stem (``first_filter_size``, ``use_act``,
-    ``scale_noise``); the others use ``filter_size`` with the activation inside.
+    ``scale_noise``); the others use ``filter_size`` with the activation inside. The head has
+    ``hidden`` units (see :class:`PlainNet`).
 
     Raises:
         ValueError: if the input is smaller than 8 pixels after the stem, or a layer's channels
@@ -84,4 +105,4 @@ def build_plain_net(name: str, config: ModelConfig, widths: list[list[int]]) -> 
             channels = out_channels
         modules.append(make_pool(config.pool_type, 3, 2, 1))
         size = (size + 1) // 2
-    return PlainNet(nn.Sequential(*modules), channels * size * size, config)
+    return PlainNet(nn.Sequential(*modules), channels * size * size, hidden, config)

@@ -261,7 +261,8 @@ def restore_checkpoint(
     Raises:
         CheckpointError: (a ``ValueError``) if the checkpoint was made for another model
             (other ``nmasks``, another architecture) or optimizer; the message lists the
-            mismatched keys and shapes (the model is left untouched when its keys differ).
+            mismatched keys and shapes (the model is left untouched when its keys differ), or
+            its optimizer or learning-rate schedule state does not fit the given one.
         ValueError: if an optimizer or scheduler is given but the checkpoint has no state for it.
     """
     state = _distributed.plain_state_dict(checkpoint["model"])
@@ -287,5 +288,14 @@ def restore_checkpoint(
     if scheduler is not None:
         if checkpoint.get("scheduler") is None:
             raise ValueError("the checkpoint holds no scheduler state, got None")
-        scheduler.load_state_dict(checkpoint["scheduler"])
+        try:
+            scheduler.load_state_dict(checkpoint["scheduler"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # e.g. a checkpoint of a release whose schedule was a MultiStepLR (before the
+            # seed's per-data-set schedule): its state lacks the LambdaLR's entries.
+            raise CheckpointError(
+                f"the checkpoint's learning-rate schedule does not fit this one "
+                f"({type(exc).__name__}: {exc}); it was saved by another schedule (an older "
+                "perturbnn release?): start a new run without --resume"
+            ) from exc
     return int(checkpoint["epoch"])

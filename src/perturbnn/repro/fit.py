@@ -32,6 +32,7 @@ from perturbnn.repro.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
+from perturbnn.repro.data.seeding import set_loader_epoch
 from perturbnn.repro.loop import (
     evaluate,
     train_one_epoch,
@@ -342,6 +343,7 @@ def fit(
             began = time.perf_counter()
             lr = float(optimizer.param_groups[0]["lr"])
             _distributed.set_sampler_epoch(train_loader, index)  # DistributedSampler shuffle
+            set_loader_epoch(train_loader, index)  # the augmentation's per-sample seeds
             train = train_one_epoch(
                 model,
                 train_loader,

@@ -30,19 +30,35 @@ def _tqdm() -> Optional[Callable[..., Any]]:
     return tqdm  # type: ignore[no-any-return]
 
 
-def _progress(iterable: Iterable[_T], *, enabled: bool, desc: str) -> Iterable[_T]:
-    """``iterable`` wrapped in a tqdm bar on stderr, if ``enabled``, tqdm is installed and
-    stderr is a terminal.
+def _length(iterable: Iterable[Any]) -> Optional[int]:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _progress(iterable: Iterable[_T], *, enabled: bool, desc: str) -> Iterator[_T]:
+    """One iterator over ``iterable``, shown as a tqdm bar on stderr if ``enabled``, tqdm is
+    installed and stderr is a terminal.
+
+    Exactly one ``iter(iterable)`` is made here, whatever is displayed; the bar only wraps that
+    iterator. ``tqdm.auto`` (``tqdm.asyncio``) calls ``iter()`` on what it wraps, and every
+    iterator of a DataLoader draws its base seed from the loader's generator (the shuffling
+    generator of the training loader, the global RNG for the test loader), so wrapping the
+    loader itself shifted the shuffle order, and every number after it, whenever the bar was
+    on.
 
     Into a file or a pipe a bar would write one long line of carriage returns per epoch, so
     there the bar is left out and the per-epoch log lines are all that is written.
     """
+    iterator = iter(iterable)
     if not enabled:
-        return iterable
+        return iterator
     tqdm = _tqdm()
     if tqdm is None or not _is_terminal(sys.stderr):
-        return iterable
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)  # type: ignore[no-any-return]
+        return iterator
+    bar = tqdm(iterator, desc=desc, total=_length(iterable), leave=False, dynamic_ncols=True)
+    return bar  # type: ignore[no-any-return]
 
 
 def _is_terminal(stream: Any) -> bool:

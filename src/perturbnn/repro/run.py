@@ -158,8 +158,11 @@ def prepare_run(config: RunConfig) -> PreparedRun:
 
     Order: seed the generators (``manual_seed``), load the resume checkpoint if any, build the
     loaders (:func:`perturbnn.repro.data.make_loaders`), then the model (:func:`perturbnn.build_model`
-    with ``in_channels``, ``input_size`` and ``nclasses`` of the training set) on the device,
-    the optimizer over its trainable parameters and the seed's schedule.
+    with ``in_channels``, ``input_size`` and ``nclasses`` of the training set), initialize it
+    as the seed does (:func:`perturbnn.init_weights_`, drawn from the global RNG that
+    ``manual_seed`` seeded; skipped on resume, where the checkpoint's weights are loaded), move
+    it to the device, then build the optimizer over its trainable parameters and the seed's
+    schedule (:func:`perturbnn.repro.optim.make_scheduler`).
 
     Started by ``torchrun`` with two or more processes, it first joins the process group
     (:func:`perturbnn.repro.distributed.init_distributed`: ``cuda:LOCAL_RANK`` with NCCL, or the CPU
@@ -183,8 +186,8 @@ def prepare_run(config: RunConfig) -> PreparedRun:
             state-dict keys that differ.
         FileNotFoundError: if ``resume`` does not exist.
     """
-    from perturbnn import build_model
-    from perturbnn.repro.data import make_loaders
+    from perturbnn import build_model, init_weights_
+    from perturbnn.repro.data import dataset_classes, make_loaders
 
     experiment = get_experiment(config.experiment) if config.experiment else None
     context = _distributed.init_distributed(config.device)  # None unless torchrun, N >= 2
@@ -209,6 +212,17 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         num_workers=config.num_workers,
         seed=config.manual_seed,
     )
+    nclasses = train_info.nclasses
+    if nclasses is None:  # ImageFolder: the classes are the training folder's subfolders
+        train_classes = dataset_classes(train_loader.dataset) or []
+        test_classes = dataset_classes(test_loader.dataset) or []
+        if train_classes != test_classes:
+            raise ValueError(
+                f"the training and test folders must hold the same class subfolders, got "
+                f"{len(train_classes)} and {len(test_classes)} classes"
+                f" ({sorted(set(train_classes) ^ set(test_classes))[:5]} differ)"
+            )
+        nclasses = len(train_classes)
     if context is not None:
         train_loader, test_loader = _distributed.distribute_loaders(
             train_loader, test_loader, seed=config.manual_seed
@@ -218,9 +232,12 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         **config.model_config(
             in_channels=train_info.in_channels,
             input_size=train_info.input_size,
-            nclasses=train_info.nclasses,
+            nclasses=nclasses,
         ),
-    ).to(device)
+    )
+    if checkpoint is None:  # a resumed run loads its weights from the checkpoint instead
+        init_weights_(model)
+    model = model.to(device)
     if checkpoint is not None:
         _check_resume(checkpoint, config, model)
     handles: list[RemovableHandle] = []

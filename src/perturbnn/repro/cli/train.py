@@ -49,10 +49,11 @@ from perturbnn.functional import IMPLS
 from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
 from perturbnn.repro.cli.output import Parser, choice, echo, flag_names, name_flags, plural
 from perturbnn.repro.config import MACHINE_FIELDS, RunConfig, default_out_dir
-from perturbnn.repro.data import DataCorruptError, DataNotFoundError
+from perturbnn.repro.data import DATASETS, DataCorruptError, DataNotFoundError
 from perturbnn.repro.distributed import destroy_distributed, is_main_process
 from perturbnn.repro.experiments import EXPERIMENTS, get_experiment
 from perturbnn.repro.fit import FitSummary
+from perturbnn.repro.optim import LR_SCHEDULES
 from perturbnn.repro.outdir import OutDirError, check_out_dir
 from perturbnn.repro.run import PreparedRun, prepare_run
 from perturbnn.repro.runtime import log_to_stdout
@@ -68,8 +69,9 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
     defaults = RunConfig()
     parser = Parser(
         prog=prog,
-        description="Train a PNN or baseline model on CIFAR-10 (or MNIST) and report the exact "
-        "test accuracy next to the figure the original PNN code reported.",
+        description="Train a PNN or baseline model with the seed's recipe on CIFAR-10 (or "
+        "another of the seed's data sets) and report the exact test accuracy next to the figure "
+        "the original PNN code reported.",
     )
 
     def add(*flags: str, default: Any, **kwargs: Any) -> None:
@@ -101,8 +103,9 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
         metavar="NAME",
         help=f"model: {', '.join(list_models())}",
     )
-    add("--dataset-train", default=defaults.dataset_train, help="training data set")
-    add("--dataset-test", default=defaults.dataset_test, help="test data set")
+    datasets = ", ".join(DATASETS)
+    add("--dataset-train", default=defaults.dataset_train, help=f"training data set: {datasets}")
+    add("--dataset-test", default=defaults.dataset_test, help="test data set (the same kinds)")
     add("--nfilters", type=int, default=defaults.nfilters, help="width of the first stage")
     add("--batch-size", type=int, default=defaults.batch_size, help="batch size")
     add("--learning-rate", type=float, default=defaults.learning_rate, help="learning rate")
@@ -228,14 +231,25 @@ def _one_line(exc: BaseException) -> str:
         head = lines[0].split(" Looked at:")[0] if lines else str(exc)
         return (
             f"{head}{looked} Pass --data-dir (or set PERTURBNN_DATA_DIR) "
-            "to the folder that holds cifar10/ and mnist/, e.g. ../shared/data"
+            "to the folder that holds the data set (cifar10/ and mnist/, e.g. ../shared/data, "
+            "or torchvision's official folders)"
         )
     text = " ".join(lines) if lines else type(exc).__name__
     return name_flags(text, flag_names(build_parser()))
 
 
 def print_experiments() -> None:
-    """Print the eight presets: name, reported accuracy, seed command."""
+    """Print the recipe every preset runs, then the presets: name, reported accuracy, command."""
+    d = RunConfig()
+    schedule = LR_SCHEDULES[d.dataset_train]
+    echo(
+        f"recipe (the seed's main.py defaults): {d.optim_method} with Nesterov momentum "
+        f"{d.momentum}, weight decay {d.weight_decay}, {d.nepochs} epochs, learning rate "
+        f"x{schedule.gamma} from epochs {', '.join(map(str, schedule.milestones))} "
+        f"({d.dataset_train}), seed {d.manual_seed}, dropout {d.dropout}, noise level {d.level}, "
+        "weights initialized by perturbnn.init_weights_; each command sets its own batch size "
+        "and learning rate"
+    )
     width = max(len(name) for name in EXPERIMENTS)
     echo(f"{'name':<{width}}  {'seed acc':>8}  seed command")
     for name, exp in EXPERIMENTS.items():
@@ -376,6 +390,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         CheckpointError,
         OutDirError,
         FileNotFoundError,
+        ImportError,
         ValueError,
         TypeError,
     ) as exc:

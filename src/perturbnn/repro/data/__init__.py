@@ -41,7 +41,8 @@ from perturbnn.repro.data.files import (
     load_dataset,
     resolve_data_dir,
 )
-from perturbnn.repro.data.loaders import class_balanced_subset, make_loaders
+from perturbnn.repro.data.loaders import class_balanced_subset, dataset_classes, make_loaders
+from perturbnn.repro.data.seeding import SeededAugmentation, set_loader_epoch
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -54,10 +55,13 @@ __all__ = [
     "DataCorruptError",
     "DataNotFoundError",
     "DatasetInfo",
+    "SeededAugmentation",
     "build_transform",
     "class_balanced_subset",
+    "dataset_classes",
     "dataset_info",
     "load_dataset",
     "make_loaders",
     "resolve_data_dir",
+    "set_loader_epoch",
 ]

@@ -235,7 +235,7 @@ def _check_arrays(
     spec: _Spec,
     images: npt.NDArray[Any],
     labels: npt.NDArray[Any],
-    expected_count: int,
+    expected_count: Optional[int],
     source: Path,
 ) -> None:
     """Raise :class:`DataCorruptError` naming ``source`` unless the arrays are as expected."""
@@ -245,6 +245,8 @@ def _check_arrays(
         return DataCorruptError(f"{source}: {problem} (expected for {name})", source)
 
     expected_shape = (expected_count, *spec.item_shape)
+    if images.shape[0] == 0:
+        raise fail("holds no image")
     if images.dtype != np.uint8:
         raise fail(f"images must have dtype uint8, got {images.dtype}")
     if images.ndim != len(expected_shape) or images.shape[1:] != spec.item_shape:
@@ -255,14 +257,13 @@ def _check_arrays(
         raise fail(f"labels must have an integer dtype, got {labels.dtype}")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise fail(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
-    if images.shape[0] != expected_count:
+    if expected_count is not None and images.shape[0] != expected_count:
         raise fail(f"must hold {expected_count} images, got {images.shape[0]}")
-    if labels.size > 0:
+    nclasses = spec.info.nclasses
+    if labels.size > 0 and nclasses is not None:
         low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= spec.info.nclasses:
-            raise fail(
-                f"labels must be in 0..{spec.info.nclasses - 1}, got values in {low}..{high}"
-            )
+        if low < 0 or high >= nclasses:
+            raise fail(f"labels must be in 0..{nclasses - 1}, got values in {low}..{high}")
 
 
 def _load_npz(spec: _Spec, folder: Path, train: bool) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
@@ -278,31 +279,78 @@ def _load_npz(spec: _Spec, folder: Path, train: bool) -> tuple[npt.NDArray[Any],
     return np.concatenate(images_parts), np.concatenate(labels_parts)
 
 
-def _load_torchvision(
-    spec: _Spec, root: Path, train: bool
-) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+_Arrays = tuple[npt.NDArray[Any], npt.NDArray[Any], Optional[list[str]]]
+
+
+def _read_torchvision(spec: _Spec, root: Path, train: bool) -> _Arrays:
+    """Images, labels and class names (if the files name them) through ``torchvision``."""
     import torchvision.datasets as tvd
 
-    folder = root / spec.torchvision_folder
+    cls = spec.torchvision_class
+    split = "train" if train else "test"
+    if cls in ("CIFAR10", "CIFAR100"):
+        cifar = getattr(tvd, cls)(root=str(root), train=train, download=False)
+        return np.asarray(cifar.data), np.asarray(cifar.targets), list(cifar.classes)
+    if cls in ("MNIST", "FashionMNIST"):
+        mnist = getattr(tvd, cls)(root=str(root), train=train, download=False)
+        return mnist.data.numpy(), mnist.targets.numpy(), None
+    if cls == "SVHN":
+        svhn = tvd.SVHN(root=str(root), split=split, download=False)
+        return np.asarray(svhn.data), np.asarray(svhn.labels), None
+    stl = tvd.STL10(root=str(root), split=split, download=False)
+    return np.asarray(stl.data), np.asarray(stl.labels), None
+
+
+def _load_torchvision(spec: _Spec, root: Path, train: bool) -> _Arrays:
+    folder = root / spec.torchvision_marker[train]
     try:
-        if spec.info.name == "CIFAR10":
-            cifar = tvd.CIFAR10(root=str(root), train=train, download=False)
-            images = np.asarray(cifar.data)
-            labels = np.asarray(cifar.targets)
-        else:
-            mnist = tvd.MNIST(root=str(root), train=train, download=False)
-            images = mnist.data.numpy()
-            labels = mnist.targets.numpy()
+        images, labels, classes = _read_torchvision(spec, root, train)
+    except ImportError as exc:  # SVHN's .mat files need scipy
+        raise ImportError(
+            f"reading {spec.info.name} from {folder} needs {exc.name or 'a missing package'} "
+            f"({exc}); install it, e.g. pip install 'perturbnn[examples]'"
+        ) from exc
     except (RuntimeError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-        # torchvision raises RuntimeError("Dataset not found or corrupted") on a failed check.
+        # torchvision raises RuntimeError("Dataset not found or corrupted") on a failed check
+        # (the official files' MD5 checksums for CIFAR-100, SVHN and STL-10).
         raise DataCorruptError(
-            f"{folder}: the folder exists but torchvision cannot read the "
-            f"{'train' if train else 'test'} split from it ({type(exc).__name__}: {exc}); "
-            "it is incomplete or corrupt",
+            f"{folder}: the official files are there but torchvision cannot read the "
+            f"{'train' if train else 'test'} split from them ({type(exc).__name__}: {exc}); "
+            "they are incomplete, corrupt or not the official release",
             folder,
         ) from exc
     _check_arrays(spec, images, labels, spec.count(train), folder)
-    return images, labels
+    return images, labels, classes
+
+
+def _image_folder_candidates(root: Path, train: bool) -> list[Path]:
+    return [root / "train"] if train else [root / "val", root / "test"]
+
+
+def _load_image_folder(
+    root: Path, train: bool, transform: Optional[Transform]
+) -> Optional[Dataset[tuple[Tensor, int]]]:
+    """``torchvision.datasets.ImageFolder`` over the split's folder, or ``None`` if absent."""
+    import torchvision.datasets as tvd
+
+    for folder in _image_folder_candidates(root, train):
+        if not folder.is_dir():
+            continue
+        try:
+            dataset: Dataset[tuple[Tensor, int]] = tvd.ImageFolder(
+                str(folder),
+                transform=transform
+                if transform is not None
+                else build_transform("ImageFolder", train=train),
+            )
+        except (FileNotFoundError, OSError, ValueError) as exc:
+            raise DataCorruptError(
+                f"{folder}: cannot be read as an ImageFolder (one subfolder of images per "
+                f"class) ({type(exc).__name__}: {exc})",
+                folder,
+            ) from exc
+        return dataset
+    return None
 
 
 def _not_found(
@@ -311,15 +359,32 @@ def _not_found(
     name = spec.info.name
     split = "train" if train else "test"
     lines = "\n".join(f"  {p.absolute()} ({'found' if ok else 'missing'})" for p, ok in looked)
-    files = ", ".join(f for f, _ in spec.npz_files[train])
     root = data_dir.absolute()
-    official = f"{spec.torchvision_marker}{os.sep}"
+    if name == "ImageFolder":
+        how = (
+            f"Put the training images in {root / 'train'}{os.sep}<class>{os.sep} and the test "
+            f"images in {root / 'val'}{os.sep}<class>{os.sep} (or test{os.sep})."
+        )
+    else:
+        official = f"{spec.torchvision_marker[train]}"
+        where = " or ".join(
+            str(root / sub) + os.sep if sub else str(root) + os.sep
+            for sub in spec.torchvision_roots
+        )
+        how = (
+            f"place torchvision's official {official} in {where} (for instance made by "
+            f"torchvision.datasets.{spec.torchvision_class}(root, download=True) on a machine "
+            "with internet access)."
+        )
+        if spec.npz_files[train]:
+            files = ", ".join(f for f, _ in spec.npz_files[train])
+            how = (
+                f"copy {files} from the shared data folder (shared/data/{spec.npz_folder}/) "
+                f"into {root / spec.npz_folder}{os.sep}, or {how}"
+            )
+        how = f"To get the data, {how}"
     return DataNotFoundError(
-        f"{name} {split} split not found under {root}. Looked at:\n{lines}\n"
-        f"To get the data, copy {files} from the shared data folder "
-        f"(shared/data/{spec.npz_folder}/) into {root / spec.npz_folder}{os.sep}, or place "
-        f"torchvision's official {official} folder in {root}{os.sep} (for instance made by "
-        f"torchvision.datasets.{name}(root, download=True) on a machine with internet access). "
+        f"{name} {split} split not found under {root}. Looked at:\n{lines}\n{how} "
         f"Pass data_dir or set {DATA_DIR_ENV} to use another folder; perturbnn never downloads.",
         [p for p, _ in looked],
     )
@@ -331,29 +396,35 @@ def load_dataset(
     *,
     train: bool,
     transform: Optional[Transform] = None,
-) -> ArrayImageDataset:
-    """Load one split of CIFAR-10 or MNIST into memory, without downloading.
+) -> Union[ArrayImageDataset, Dataset[tuple[Tensor, int]]]:
+    """Load one split of a data set, without downloading.
 
-    The files are decoded once (about 2 s for CIFAR-10 on two cores) and checked: image shape
-    and dtype, label range ``0..9`` and the image count (CIFAR-10: 50,000 train and 10,000
-    test; MNIST: 60,000 and 10,000). See the module documentation for where the data is looked
-    for.
+    Every data set but ``ImageFolder`` is decoded into memory once (about 2 s for CIFAR-10 on
+    two cores) and checked: image shape and dtype, label range and, for CIFAR-10 and MNIST, the
+    image count (CIFAR-10: 50,000 train and 10,000 test; MNIST: 60,000 and 10,000).
+    CIFAR-100, SVHN, STL-10 and FashionMNIST are read from torchvision's official folders by
+    torchvision's own classes, which check the official files' MD5 checksums (CIFAR-100, SVHN,
+    STL-10; SVHN also needs scipy). ``ImageFolder`` reads ``<data_dir>/train/<class>/`` and
+    ``<data_dir>/val/<class>/`` (or ``test/``) lazily with ``torchvision.datasets.ImageFolder``.
+    See the package documentation for where the data is looked for.
 
     Args:
         name: one of :data:`DATASETS`, case-insensitive.
         data_dir: the folder holding ``cifar10/`` and ``mnist/`` (or one of those folders, or
             torchvision's layout); ``None`` means :func:`resolve_data_dir`.
         train: load the training split if ``True``, else the test split.
-        transform: per-image transform on ``uint8`` ``Tensor[channels, height, width]``.
-            Default: :func:`build_transform` ``(name, train=train)``.
+        transform: per-image transform on ``uint8`` ``Tensor[channels, height, width]`` (a PIL
+            image for ``ImageFolder``). Default: :func:`build_transform` ``(name, train=train)``.
 
     Returns:
-        ArrayImageDataset: items are ``(Tensor[channels, height, width], int)``, with
-        ``.images`` ``Tensor[N, channels, height, width]`` (``uint8``), ``.targets``
-        ``Tensor[N]`` (``int64``) and ``.classes``.
+        ArrayImageDataset (``ImageFolder``: ``torchvision.datasets.ImageFolder``): items are
+        ``(Tensor[channels, height, width], int)``, with ``.targets`` and ``.classes``; an
+        ``ArrayImageDataset`` also has ``.images`` ``Tensor[N, channels, height, width]``
+        (``uint8``).
 
     Raises:
         ValueError: if ``name`` is unknown.
+        ImportError: if reading the files needs a package that is missing (SVHN: scipy).
         DataNotFoundError: (a ``FileNotFoundError``) if no complete layout is found; the
             message lists every path looked at and how to get the data.
         DataCorruptError: (a ``ValueError``) if a file or folder cannot be read or holds the
@@ -372,22 +443,31 @@ def load_dataset(
     root = resolve_data_dir(data_dir)
     start = time.perf_counter()
     looked: list[tuple[Path, bool]] = []
-    arrays: Optional[tuple[npt.NDArray[Any], npt.NDArray[Any]]] = None
+    arrays: Optional[_Arrays] = None
     source: Optional[Path] = None
 
-    for folder in (root / spec.npz_folder, root):
+    if spec.info.name == "ImageFolder":
+        folder_set = _load_image_folder(root, train, transform)
+        if folder_set is None:
+            looked = [(p, False) for p in _image_folder_candidates(root, train)]
+            raise _not_found(spec, root, train, looked)
+        return folder_set
+    folders = (root / spec.npz_folder, root) if spec.npz_files[train] else ()
+    for folder in folders:
         paths = [folder / f for f, _ in spec.npz_files[train]]
         found = [p.is_file() for p in paths]
         looked += list(zip(paths, found))
         if all(found):
-            arrays, source = _load_npz(spec, folder, train), folder
+            arrays, source = (*_load_npz(spec, folder, train), None), folder
             break
     if arrays is None:
         # torchvision's layout under data_dir, or data_dir is that layout's own folder.
-        tv_roots = [root] + ([root.parent] if root.name == spec.torchvision_folder else [])
+        tv_roots = [root / sub if sub else root for sub in spec.torchvision_roots]
+        if root.name == spec.torchvision_folder and root.parent not in tv_roots:
+            tv_roots.append(root.parent)
         for tv_root in tv_roots:
-            marker = tv_root / spec.torchvision_marker
-            ok = marker.is_dir()
+            marker = tv_root / spec.torchvision_marker[train]
+            ok = marker.exists()
             looked.append((marker, ok))
             if ok:
                 arrays, source = _load_torchvision(spec, tv_root, train), marker
@@ -395,14 +475,17 @@ def load_dataset(
     if arrays is None:
         raise _not_found(spec, root, train, looked)
 
-    images_np, labels_np = arrays
+    images_np, labels_np, classes = arrays
     images = torch.from_numpy(np.ascontiguousarray(images_np))
-    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    elif spec.channels_last:
+        images = images.permute(0, 3, 1, 2)
     dataset = ArrayImageDataset(
         images.contiguous(),
         torch.from_numpy(labels_np.astype(np.int64, copy=False)),
         transform if transform is not None else build_transform(spec.info.name, train=train),
-        classes=spec.classes,
+        classes=classes or spec.classes or None,
     )
     logger.debug(
         "loaded %s %s split (%d images) from %s in %.2f s",

@@ -19,8 +19,9 @@ from perturbnn.repro.data.catalog import (
 from perturbnn.repro.data.files import (
     load_dataset,
 )
+from perturbnn.repro.data.seeding import SeededAugmentation
 
-__all__ = ["class_balanced_subset", "make_loaders"]
+__all__ = ["class_balanced_subset", "dataset_classes", "make_loaders"]
 
 logger = logging.getLogger(__name__)
 StrPath = Union[str, "os.PathLike[str]"]
@@ -74,6 +75,24 @@ def class_balanced_subset(targets: Union[Tensor, npt.ArrayLike], n: int) -> list
     return sorted(int(i) for i in np.concatenate(chosen))
 
 
+def dataset_classes(dataset: Dataset[Any]) -> Optional[list[str]]:
+    """The class names of ``dataset``, looked for through ``Subset`` and other wrappers.
+
+    Returns:
+        list[str] or None: the ``.classes`` of the first data set in the chain of ``.dataset``
+        attributes that has one, or ``None``.
+    """
+    current: Any = dataset
+    for _ in range(16):  # wrappers nest a few levels at most
+        classes = vars(current).get("classes") if hasattr(current, "__dict__") else None
+        if classes is not None:
+            return list(classes)
+        current = vars(current).get("dataset") if hasattr(current, "__dict__") else None
+        if current is None:
+            return None
+    return None
+
+
 def _image_shape(dataset: Dataset[Any], which: str) -> tuple[int, ...]:
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError(f"{which} data set is empty")
@@ -112,7 +131,11 @@ def make_loaders(
     """Build the training and test loaders.
 
     The training loader shuffles with a ``torch.Generator`` seeded by ``seed`` (unless
-    ``train_sampler`` is given), so the order is the same from run to run; the test loader
+    ``train_sampler`` is given), so the order is the same from run to run; its data set is
+    wrapped in :class:`~perturbnn.repro.data.seeding.SeededAugmentation`, so the random
+    augmentation of every sample depends on ``seed``, the epoch and the sample only (not on
+    ``num_workers``). A last training batch of a single sample is dropped (BatchNorm cannot
+    train on one sample; the seed's loader would stop with an error there). The test loader
     keeps the data set's order and never drops a batch.
 
     Args:
@@ -125,7 +148,7 @@ def make_loaders(
             the training set only (needs a ``.targets`` attribute).
         test_subset: the same for the test set.
         num_workers: loader worker processes. Default: ``0``.
-        seed: seed of the shuffling generator (also the workers' base seed). Default: ``1``.
+        seed: seed of the shuffling generator and of the augmentation. Default: ``1``.
         drop_last: drop an incomplete last training batch. Default: ``False``.
         train_sampler: a sampler for the training set (for instance a
             ``DistributedSampler``); it replaces the shuffling.
@@ -158,6 +181,8 @@ def make_loaders(
         raise ValueError(f"num_workers must be non-negative, got {num_workers}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
     if isinstance(dataset_train, str) and isinstance(dataset_test, str):
         info_train, info_test = dataset_info(dataset_train), dataset_info(dataset_test)
         named_train = (info_train.in_channels, info_train.input_size, info_train.input_size)
@@ -182,8 +207,16 @@ def make_loaders(
         raise ValueError(
             f"train and test images must have the same shape, got {shape_train} and {shape_test}"
         )
-    train_set = _subset(train_set, train_subset, "train")
+    train_set = SeededAugmentation(_subset(train_set, train_subset, "train"), seed)
     test_set = _subset(test_set, test_subset, "test")
+    if not drop_last and train_sampler is None and len(train_set) % batch_size == 1:
+        drop_last = len(train_set) > 1
+        logger.info(
+            "the last training batch would hold a single sample (%d samples, batch size %d); "
+            "it is dropped every epoch, since BatchNorm cannot train on one sample",
+            len(train_set),
+            batch_size,
+        )
 
     generator = torch.Generator()
     generator.manual_seed(seed)

@@ -323,6 +323,8 @@ def seed_scale_counts(name: str) -> tuple[int, int]:
 
     config = RunConfig.from_experiment(name)
     info = dataset_info(config.dataset_train)
+    if info.nclasses is None:
+        raise ValueError(f"preset {name!r} trains on a folder data set; its class count is unknown")
     model = build_model(
         config.net_type,
         device="meta",
