@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from conftest import scaled
 from perturbnn import (
     PerturbConv2d,
     PerturbLayer,
@@ -46,6 +47,45 @@ def reference(x, masks, weight, bias, level, activation):
     )
 
 
+def literal(x, masks, weight, bias, level, activation):
+    """The layer written out output channel by output channel, with no convolution at all.
+
+    ``out[:, o] = sum_k W[o, k] * act(x[:, c] + level * masks[c, m]) + bias[o]``, where output
+    ``o`` reads input channel ``c = o // fanout`` (its masks ``m = k``) when ``nmasks > 1`` and
+    every (channel, mask) pair ``k = c`` when ``nmasks == 1`` (a dense 1x1 convolution).
+    Computed in float64 from the given leaves, so autograd gives float64-accurate gradients.
+    """
+    x64, m64, w64 = x.double(), masks.double(), weight.double()
+    if activation is None:
+        act = lambda t: t  # noqa: E731
+    elif isinstance(activation, nn.PReLU):  # written out, its slope promoted to float64
+        slope = activation.weight.double()
+        act = lambda t: t.clamp_min(0) + slope * t.clamp_max(0)  # noqa: E731
+    else:
+        act = activation
+    channels, nmasks = x.shape[1], masks.shape[1]
+    out_channels = weight.shape[0]
+    fanout = out_channels // channels
+
+    def mask(c, m):
+        return m64[0 if m64.shape[0] == 1 else c, m]
+
+    outs = []
+    for o in range(out_channels):
+        pairs = (
+            [(o // fanout, m) for m in range(nmasks)]
+            if nmasks > 1
+            else [(c, 0) for c in range(channels)]
+        )
+        total = sum(
+            w64[o, k, 0, 0] * act(x64[:, c] + level * mask(c, m)) for k, (c, m) in enumerate(pairs)
+        )
+        if bias is not None:
+            total = total + bias.double()[o]
+        outs.append(total)
+    return torch.stack(outs, 1)
+
+
 def make_inputs(cfg, dtype=torch.float32):
     """Random x, masks, weight, bias (leaf tensors requiring gradients where asked)."""
     gen = torch.Generator().manual_seed(cfg["seed"])
@@ -55,7 +95,7 @@ def make_inputs(cfg, dtype=torch.float32):
     masks = torch.rand(c if cfg["unique"] else 1, m, h, w, generator=gen, dtype=dtype) * 2 - 1
     weight = torch.randn(out_channels, m if m > 1 else c, 1, 1, generator=gen, dtype=dtype)
     bias = torch.randn(out_channels, generator=gen, dtype=dtype) if cfg["bias"] else None
-    x.requires_grad_()
+    x.requires_grad_(cfg.get("x_grad", True))
     masks.requires_grad_(cfg["train_masks"])
     weight.requires_grad_()
     if bias is not None:
@@ -67,20 +107,34 @@ def activation_for(name, dtype=torch.float32):
     if name is None:
         return None
     act = make_activation(name).to(dtype)
+    if name == "prelu":  # a slope that is not the default 0.25, and learnable
+        with torch.no_grad():
+            act.weight.fill_(0.3)
     return act.eval() if name == "rrelu" else act  # RReLU is deterministic only in eval mode
 
 
 def outputs_and_grads(impl, x, masks, weight, bias, level, activation, gen_seed=1):
     """``perturb_conv2d`` output and the gradients of a random projection of it."""
     out = perturb_conv2d(x, masks, weight, bias, level=level, activation=activation, impl=impl)
-    proj = torch.randn(
-        out.shape, generator=torch.Generator().manual_seed(gen_seed), dtype=out.dtype
-    )
+    return output_and_grads_of(out, x, masks, weight, bias, activation, gen_seed)
+
+
+def output_and_grads_of(out, x, masks, weight, bias, activation, gen_seed=1):
+    """``out`` (float32) and the gradients of a fixed random projection of it w.r.t. the leaves."""
+    # Drawn in float32 whatever out's dtype, so the float64 literal gets the same projection.
+    proj = torch.randn(out.shape, generator=torch.Generator().manual_seed(gen_seed)).to(out.dtype)
     leaves = [t for t in (x, masks, weight, bias) if t is not None and t.requires_grad]
     if isinstance(activation, nn.Module):
         leaves += [p for p in activation.parameters() if p.requires_grad]
     grads = torch.autograd.grad(out, leaves, proj)
     return [out, *grads]
+
+
+def literal_outputs_and_grads(x, masks, weight, bias, level, activation, gen_seed=1):
+    """The same as :func:`outputs_and_grads` through :func:`literal`, cast back to ``x``'s dtype."""
+    out = literal(x, masks, weight, bias, level, activation)
+    results = output_and_grads_of(out, x, masks, weight, bias, activation, gen_seed)
+    return [results[0].to(x.dtype), *results[1:]]
 
 
 def assert_same(results, expected, rtol=1e-4, atol=0.0):
@@ -91,6 +145,124 @@ def assert_same(results, expected, rtol=1e-4, atol=0.0):
         scale = want.abs().max().clamp_min(1e-6)
         error = (got - want).abs().max()
         assert error <= rtol * scale + atol, (error, scale)
+
+
+# ---------------------------------------------------------------- every branch, by construction
+#
+# The axes that select different code in the fast paths (functional._fast, kernels/*): the path
+# (linear: no activation; chunked: impl="eager" with an activation; compiled), shared or unique
+# masks, bias or not, one mask or several, fixed or trainable masks, and the activation family:
+# a known in-place derivative (ReLU, tanh, sigmoid: the backward's in-place branch), a derivative
+# by autograd (ELU, leaky ReLU), a learnable parameter (PReLU: the full autograd branch). Each
+# combination is one pinned test case, checked against the literal layer written above, for the
+# output and every gradient (input, weight, bias, trainable masks, PReLU slope).
+
+IN_PLACE_DERIVATIVE = ["relu", "tanh", "sigmoid"]
+AUTOGRAD_DERIVATIVE = ["elu", "lrelu"]
+LEARNABLE = ["prelu"]
+FAMILIES = IN_PLACE_DERIVATIVE + AUTOGRAD_DERIVATIVE + LEARNABLE
+
+
+def pinned(**overrides):
+    cfg = {
+        "batch": 3,
+        "channels": 3,
+        "fanout": 2,
+        "nmasks": 4,
+        "height": 3,
+        "width": 4,
+        "unique": True,
+        "train_masks": False,
+        "bias": True,
+        "level": 0.7,
+        "seed": 11,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def check_against_literal(impl, cfg, act_name, path):
+    """Dispatch to ``path``, then compare output and gradients with :func:`literal`."""
+    x, masks, weight, bias = make_inputs(cfg)
+    activation = activation_for(act_name)
+    assert resolve_impl(impl, cfg["nmasks"], activation) == path
+    expected = literal_outputs_and_grads(x, masks, weight, bias, cfg["level"], activation)
+    got = outputs_and_grads(impl, x, masks, weight, bias, cfg["level"], activation)
+    assert_same(got, expected)
+    return got
+
+
+@pytest.mark.parametrize("train_masks", [False, True], ids=["fixed", "trained"])
+@pytest.mark.parametrize("nmasks", [1, 4])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("unique", [True, False], ids=["unique", "shared"])
+@pytest.mark.parametrize("impl", ["eager", "compiled"])
+def test_linear_path_matches_literal(impl, unique, bias, nmasks, train_masks):
+    """No activation: the algebraic form (every impl but grouped), all 16 branch combinations."""
+    cfg = pinned(unique=unique, bias=bias, nmasks=nmasks, train_masks=train_masks, level=0.8)
+    check_against_literal(impl, cfg, None, "linear")
+
+
+@pytest.mark.parametrize("act", FAMILIES)
+@pytest.mark.parametrize("train_masks", [False, True], ids=["fixed", "trained"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("unique", [True, False], ids=["unique", "shared"])
+@pytest.mark.parametrize(
+    ("fanout", "budget"), [(2, 1 << 20), (1, 1), (2, 7), (1, 1 << 20)], ids=str
+)
+def test_chunked_path_matches_literal(fanout, budget, unique, bias, train_masks, act):
+    """With an activation and nmasks > 1, impl="eager": in one block and in many blocks."""
+    cfg = pinned(unique=unique, bias=bias, train_masks=train_masks, fanout=fanout)
+    with mock.patch.dict(_fast_chunked.CHUNK_ELEMENTS, {"cpu": budget}):
+        check_against_literal("eager", cfg, act, "chunked")
+
+
+@pytest.mark.parametrize("act", FAMILIES)
+@pytest.mark.parametrize("unique", [True, False], ids=["unique", "shared"])
+def test_chunked_path_without_input_gradient(unique, act):
+    """The first layer of a network: no gradient for x (the backward skips the derivative)."""
+    cfg = pinned(unique=unique, x_grad=False)
+    with mock.patch.dict(_fast_chunked.CHUNK_ELEMENTS, {"cpu": 5}):
+        check_against_literal("eager", cfg, act, "chunked")
+
+
+@pytest.mark.parametrize("act", ["relu", "elu", "prelu"])
+@pytest.mark.parametrize("train_masks", [False, True], ids=["fixed", "trained"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("unique", [True, False], ids=["unique", "shared"])
+def test_compiled_path_matches_literal(unique, bias, train_masks, act):
+    """``torch.compile``d path (one block; several for ReLU and trained masks); really compiled."""
+    _fast_compiled._reset()
+    cfg = pinned(unique=unique, bias=bias, train_masks=train_masks)
+    check_against_literal("compiled", cfg, act, "compiled")
+    if act == "relu" or train_masks:  # several blocks (each compiles anew, so not every case)
+        per_channel = cfg["batch"] * cfg["nmasks"] * cfg["height"] * cfg["width"]
+        with mock.patch.dict(_fast_compiled.BLOCK_ELEMENTS, {"cpu": per_channel}):
+            check_against_literal("compiled", cfg, act, "compiled")
+    assert _fast_compiled.compiled_available()  # it really compiled, no fallback
+
+
+@pytest.mark.parametrize("act", FAMILIES)
+@pytest.mark.parametrize("train_masks", [False, True], ids=["fixed", "trained"])
+@pytest.mark.parametrize("unique", [True, False], ids=["unique", "shared"])
+@pytest.mark.parametrize("impl", ["auto", "eager", "compiled", "grouped"])
+def test_one_mask_with_activation_is_the_literal_layer(impl, unique, train_masks, act):
+    """nmasks == 1 with an activation: every impl takes the grouped path, equal to the literal."""
+    cfg = pinned(unique=unique, nmasks=1, train_masks=train_masks)
+    check_against_literal(impl, cfg, act, "grouped")
+
+
+def test_fixed_masks_get_no_gradient_and_do_not_change():
+    """Fixed masks: not a leaf of the graph on any path, and never written by forward/backward."""
+    for impl, act in [("eager", None), ("eager", "relu"), ("eager", "prelu"), ("grouped", "relu")]:
+        x, masks, weight, bias = make_inputs(pinned())
+        before = masks.clone()
+        out = perturb_conv2d(
+            x, masks, weight, bias, level=0.5, activation=activation_for(act), impl=impl
+        )
+        out.square().sum().backward()
+        assert masks.grad is None and torch.equal(masks, before)
+        assert x.grad is not None and weight.grad is not None and bias.grad is not None
 
 
 configs = st.fixed_dictionaries(
@@ -104,6 +276,7 @@ configs = st.fixed_dictionaries(
         "unique": st.booleans(),
         "train_masks": st.booleans(),
         "bias": st.booleans(),
+        "x_grad": st.booleans(),
         "level": st.floats(0.0, 2.0),
         "act": st.sampled_from([None, None, *sorted(ACTIVATIONS)]),
         "seed": st.integers(0, 2**16),
@@ -111,24 +284,26 @@ configs = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=60)
+@settings(max_examples=scaled(60))
 @given(
-    cfg=configs, impl=st.sampled_from(["eager", "auto"]), budget=st.sampled_from([1, 13, 1 << 20])
+    cfg=configs,
+    impl=st.sampled_from(["eager", "auto"]),
+    budget=st.sampled_from([1, 13, 1 << 20]),
 )
 def test_eager_matches_reference_float32(cfg, impl, budget):
-    """Outputs and all gradients within 1e-4 relative, blocks of any size (``budget``)."""
+    """Random search on top of the pinned cases: outputs and all gradients within 1e-4."""
     x, masks, weight, bias = make_inputs(cfg)
     act = activation_for(cfg["act"])
-    expected = outputs_and_grads("grouped", x, masks, weight, bias, cfg["level"], act)
+    expected = literal_outputs_and_grads(x, masks, weight, bias, cfg["level"], act)
     with torch.no_grad():
-        literal = reference(x, masks, weight, bias, cfg["level"], act)
-    assert_same([expected[0]], [literal], rtol=1e-5)
+        literal_grouped = reference(x, masks, weight, bias, cfg["level"], act)
+    assert_same([literal_grouped], [expected[0]], rtol=1e-5)
     with mock.patch.dict(_fast_chunked.CHUNK_ELEMENTS, {"cpu": budget}):
         got = outputs_and_grads(impl, x, masks, weight, bias, cfg["level"], act)
     assert_same(got, expected)
 
 
-@settings(max_examples=15)
+@settings(max_examples=scaled(15))
 @given(cfg=configs, budget=st.sampled_from([1, 17, 1 << 20]))
 def test_eager_gradcheck_float64(cfg, budget):
     """``gradcheck`` of the eager paths in float64 (x, weight, bias, trainable masks)."""

@@ -92,6 +92,21 @@ def test_exact_accuracy_state_dict_round_trip() -> None:
     assert repr(restored) == "ExactAccuracy(correct=8, total=10)"
 
 
+def test_exact_accuracy_perfect_score_round_trips() -> None:
+    """correct == total is valid everywhere: a ``>`` turned into ``>=`` must fail here."""
+    acc = ExactAccuracy()
+    acc.update(torch.tensor([0, 1, 2, 1]), torch.tensor([0, 1, 2, 1]))
+    assert (acc.correct, acc.total) == (4, 4)
+    assert acc.compute(expected_total=4) == 1.0
+    restored = ExactAccuracy()
+    restored.load_state_dict({"correct": 4, "total": 4})
+    assert (restored.correct, restored.total) == (4, 4)
+    restored.load_state_dict({"correct": 0, "total": 0})  # the empty state is valid too
+    assert (restored.correct, restored.total) == (0, 0)
+    with pytest.raises(ValueError, match="correct=5, total=4"):
+        restored.load_state_dict({"correct": 5, "total": 4})
+
+
 @pytest.mark.parametrize(
     ("state", "error"),
     [
