@@ -86,15 +86,16 @@ def literal(x, masks, weight, bias, level, activation):
     return torch.stack(outs, 1)
 
 
-def make_inputs(cfg, dtype=torch.float32):
+def make_inputs(cfg, dtype=torch.float32, device="cpu"):
     """Random x, masks, weight, bias (leaf tensors requiring gradients where asked)."""
     gen = torch.Generator().manual_seed(cfg["seed"])
     c, m, h, w = cfg["channels"], cfg["nmasks"], cfg["height"], cfg["width"]
     out_channels = c * cfg["fanout"] if m > 1 else cfg["fanout"] + 1
-    x = torch.randn(cfg["batch"], c, h, w, generator=gen, dtype=dtype)
-    masks = torch.rand(c if cfg["unique"] else 1, m, h, w, generator=gen, dtype=dtype) * 2 - 1
-    weight = torch.randn(out_channels, m if m > 1 else c, 1, 1, generator=gen, dtype=dtype)
-    bias = torch.randn(out_channels, generator=gen, dtype=dtype) if cfg["bias"] else None
+    opts = {"generator": gen, "dtype": dtype}
+    x = torch.randn(cfg["batch"], c, h, w, **opts).to(device)
+    masks = (torch.rand(c if cfg["unique"] else 1, m, h, w, **opts) * 2 - 1).to(device)
+    weight = torch.randn(out_channels, m if m > 1 else c, 1, 1, **opts).to(device)
+    bias = torch.randn(out_channels, **opts).to(device) if cfg["bias"] else None
     x.requires_grad_(cfg.get("x_grad", True))
     masks.requires_grad_(cfg["train_masks"])
     weight.requires_grad_()
@@ -103,10 +104,10 @@ def make_inputs(cfg, dtype=torch.float32):
     return x, masks, weight, bias
 
 
-def activation_for(name, dtype=torch.float32):
+def activation_for(name, dtype=torch.float32, device="cpu"):
     if name is None:
         return None
-    act = make_activation(name).to(dtype)
+    act = make_activation(name).to(device, dtype)
     if name == "prelu":  # a slope that is not the default 0.25, and learnable
         with torch.no_grad():
             act.weight.fill_(0.3)
@@ -122,7 +123,8 @@ def outputs_and_grads(impl, x, masks, weight, bias, level, activation, gen_seed=
 def output_and_grads_of(out, x, masks, weight, bias, activation, gen_seed=1):
     """``out`` (float32) and the gradients of a fixed random projection of it w.r.t. the leaves."""
     # Drawn in float32 whatever out's dtype, so the float64 literal gets the same projection.
-    proj = torch.randn(out.shape, generator=torch.Generator().manual_seed(gen_seed)).to(out.dtype)
+    proj = torch.randn(out.shape, generator=torch.Generator().manual_seed(gen_seed))
+    proj = proj.to(out.device, out.dtype)
     leaves = [t for t in (x, masks, weight, bias) if t is not None and t.requires_grad]
     if isinstance(activation, nn.Module):
         leaves += [p for p in activation.parameters() if p.requires_grad]
@@ -181,14 +183,15 @@ def pinned(**overrides):
     return cfg
 
 
-def check_against_literal(impl, cfg, act_name, path):
+def check_against_literal(impl, cfg, act_name, path, device="cpu", rtol=1e-4):
     """Dispatch to ``path``, then compare output and gradients with :func:`literal`."""
-    x, masks, weight, bias = make_inputs(cfg)
-    activation = activation_for(act_name)
+    x, masks, weight, bias = make_inputs(cfg, device=device)
+    activation = activation_for(act_name, device=device)
     assert resolve_impl(impl, cfg["nmasks"], activation) == path
     expected = literal_outputs_and_grads(x, masks, weight, bias, cfg["level"], activation)
     got = outputs_and_grads(impl, x, masks, weight, bias, cfg["level"], activation)
-    assert_same(got, expected)
+    assert all(t.device == x.device for t in got)
+    assert_same(got, expected, rtol=rtol)
     return got
 
 
@@ -619,3 +622,70 @@ def test_linear_path_is_twice_differentiable(nmasks, unique):
         return perturb_conv2d(*args, level=0.7, impl="eager")
 
     assert torch.autograd.gradgradcheck(layer, (x, masks, weight, bias))
+
+
+# ------------------------------------------------------------------------------------ CUDA
+#
+# Every impl against the literal layer on a CUDA device, TF32 off (it would round float32
+# products to 10 bits), within 1e-5 relative. Skipped without CUDA; run them on a GPU machine
+# with ``python -m pytest -q -m gpu``.
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def cuda_without_tf32():
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield "cuda"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def expected_path(impl, nmasks, act):
+    if impl == "grouped":
+        return "grouped"
+    if act is None:
+        return "linear"
+    if nmasks == 1:
+        return "grouped"
+    return "compiled" if impl == "compiled" else "chunked"
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize(("unique", "train_masks"), [(True, False), (False, True)])
+@pytest.mark.parametrize("nmasks", [1, 4])
+@pytest.mark.parametrize("act", [None, "relu", "elu", "prelu"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cuda_every_impl_matches_literal(cuda_without_tf32, impl, act, nmasks, unique, train_masks):
+    if impl == "compiled":
+        _fast_compiled._reset()
+    cfg = pinned(nmasks=nmasks, unique=unique, train_masks=train_masks, bias=not train_masks)
+    path = expected_path(impl, nmasks, act)
+    check_against_literal(impl, cfg, act, path, device=cuda_without_tf32, rtol=1e-5)
+    if path == "chunked":  # and in many blocks
+        with mock.patch.dict(_fast_chunked.CHUNK_ELEMENTS, {"cuda": 7}):
+            check_against_literal(impl, cfg, act, path, device=cuda_without_tf32, rtol=1e-5)
+    if path == "compiled":
+        assert _fast_compiled.compiled_available()
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cuda_layer_matches_its_cpu_copy(cuda_without_tf32, impl):
+    """The same PerturbConv2d on CPU and CUDA: same output and gradients (1e-5 relative)."""
+    torch.manual_seed(0)
+    cpu = PerturbConv2d(4, 8, 8, input_size=6, level=0.5, use_act=True, impl=impl)
+    gpu = copy.deepcopy(cpu).to(cuda_without_tf32)
+    x = torch.randn(3, 4, 6, 6)
+    results = []
+    for layer, xi in ((cpu, x.clone()), (gpu, x.to(cuda_without_tf32))):
+        xi.requires_grad_()
+        out = layer(xi)
+        out.square().sum().backward()
+        results.append([t.cpu() for t in (out, xi.grad, *(p.grad for p in layer.parameters()))])
+    assert_same(results[1], results[0], rtol=1e-5)
