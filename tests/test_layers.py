@@ -254,3 +254,55 @@ def test_extra_repr_shows_non_defaults():
     )
     assert "nmasks=2" in text and "unique_masks=False" in text and "train_masks=True" in text
     assert "noise_type" not in text and "bias" not in text
+
+
+# ------------------------------------------- what mutation testing found unchecked (issue 15)
+
+
+def test_extra_repr_shows_exactly_what_differs_from_the_defaults():
+    assert NoiseMask(3, 4, (5, 6), level=0.1).extra_repr() == (
+        "3, nmasks=4, input_size=(5, 6), level=0.1"
+    )
+    assert NoiseMask(
+        3, 4, 5, level=0.2, noise_type="normal", unique_masks=False, train_masks=True
+    ).extra_repr() == (
+        "3, nmasks=4, input_size=(5, 5), level=0.2, noise_type='normal', unique_masks=False, "
+        "train_masks=True"
+    )
+    assert PerturbConv2d(3, 6, input_size=4).extra_repr() == "3, 6"
+    assert (
+        PerturbConv2d(
+            3, 6, 2, input_size=4, use_act=True, act="elu", bias=False, impl="eager"
+        ).extra_repr()
+        == "3, 6, nmasks=2, use_act=True, act='elu', bias=False, impl='eager'"
+    )
+    assert PerturbConv2d(3, 6, 2, input_size=4, impl="grouped").extra_repr() == (
+        "3, 6, nmasks=2, impl='grouped'"
+    )
+
+
+def test_conv_output_size_halves_only_for_the_seven_by_seven_stem():
+    from perturbnn.layers import conv_output_size
+
+    # ceil(n / 2) for filter 7 (stride 2, padding 3), counted by hand; unchanged otherwise.
+    assert [conv_output_size(n, 7) for n in (1, 2, 5, 6, 32)] == [1, 1, 3, 3, 16]
+    assert [conv_output_size(n, f) for n, f in ((5, 0), (5, 1), (6, 3), (7, 5), (8, 9))] == [
+        5,
+        5,
+        6,
+        7,
+        8,
+    ]
+    for n in (5, 6, 32):
+        layer = PerturbLayer(3, 4, filter_size=7)
+        assert layer(torch.randn(1, 3, n, n)).shape[-1] == conv_output_size(n, 7)
+
+
+def test_shared_noise_mask_still_checks_the_channel_count():
+    """Shared masks (one set for all channels) cannot tell the channel count: the layer does."""
+    noise = NoiseMask(3, 2, 4, level=0.5, unique_masks=False)
+    assert noise(torch.zeros(2, 3, 4, 4)).shape == (2, 6, 4, 4)
+    with pytest.raises(ValueError, match="input must have 3 channels, got 2"):
+        noise(torch.zeros(2, 2, 4, 4))
+    with pytest.raises(ValueError, match="input must be 4-D"):
+        noise(torch.zeros(3, 4, 4))

@@ -334,3 +334,57 @@ def test_smoothed_rejects_batch_larger_than_nominal_and_empty_batch() -> None:
             torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         )
     assert smoothed.value == 0.0
+
+
+# ------------------------------------------- what mutation testing found unchecked (issue 15)
+
+
+def test_error_messages_name_the_argument_and_the_value() -> None:
+    acc = ExactAccuracy()
+    with pytest.raises(ValueError, match=r"^no example counted yet \(total == 0\); call update"):
+        acc.compute()
+    acc.update(torch.tensor([1, 0]), torch.tensor([1, 1]))
+    with pytest.raises(
+        ValueError, match=r"^counted 2 examples but expected_total is 3; a batch was dropped"
+    ):
+        acc.compute(expected_total=3)
+    with pytest.raises(TypeError, match=r"^output must be a torch.Tensor, got list$"):
+        acc.update([1, 0], torch.tensor([1, 1]))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^target must be a torch.Tensor, got tuple$"):
+        acc.update(torch.tensor([1, 0]), (1, 1))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^correct must be a non-negative int, got float 1.0$"):
+        acc.load_state_dict({"correct": 1.0, "total": 2})
+    with pytest.raises(ValueError, match=r"^total must be a non-negative int, got -1$"):
+        acc.load_state_dict({"correct": 0, "total": -1})
+    with pytest.raises(TypeError, match=r"^smoothing must be a float in \[0, 1\), got bool True"):
+        OriginalSmoothedAccuracy(smoothing=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^nominal_batch_size must be a positive int, got 0"):
+        OriginalSmoothedAccuracy(nominal_batch_size=0)
+    with pytest.raises(TypeError, match=r"^skip_uneven_batches must be a bool, got int 1"):
+        OriginalSmoothedAccuracy(skip_uneven_batches=1)  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError,
+        match=r"^skip_uneven_batches=True needs nominal_batch_size, got nominal_batch_size=None",
+    ):
+        OriginalSmoothedAccuracy(skip_uneven_batches=True)
+    with pytest.raises(ValueError, match=r"^the batch is empty \(batch_size 0\)"):
+        OriginalSmoothedAccuracy().update(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_all_reduce_in_process_single_rank(tmp_path: Any, caplog: Any) -> None:
+    """One gloo rank in this process: the counts survive the all-reduce, as int, and it logs."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        acc = ExactAccuracy()
+        acc.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 0]))
+        with caplog.at_level("DEBUG", logger="perturbnn.metrics"):
+            acc.all_reduce()
+        assert (acc.correct, acc.total) == (3, 4)
+        assert type(acc.correct) is int and type(acc.total) is int
+        assert "all-reduced accuracy counts over gloo: ExactAccuracy(correct=3, total=4)" in (
+            caplog.text
+        )
+    finally:
+        dist.destroy_process_group()
+    assert not dist.is_initialized()
