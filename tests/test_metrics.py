@@ -11,6 +11,7 @@ import torch.distributed as dist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import scaled
 from perturbnn.metrics import ExactAccuracy, OriginalSmoothedAccuracy
 
 
@@ -146,7 +147,7 @@ def test_exact_accuracy_not_a_tensor() -> None:
         ExactAccuracy().update([0, 1], torch.tensor([0, 1]))  # type: ignore[arg-type]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=scaled(60), deadline=None)
 @given(
     data=st.data(),
     n=st.integers(min_value=1, max_value=60),
@@ -267,7 +268,7 @@ def test_smoothed_differs_from_exact_accuracy() -> None:
     assert abs(smoothed.best - exact.compute()) > 0.4
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=scaled(40), deadline=None)
 @given(
     batches=st.lists(
         st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=1, max_size=8),
