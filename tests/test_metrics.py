@@ -389,3 +389,40 @@ def test_all_reduce_in_process_single_rank(tmp_path: Any, caplog: Any) -> None:
     finally:
         dist.destroy_process_group()
     assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("output", "target", "message"),
+    [
+        (torch.tensor([1, 0]), torch.tensor([True, False]), r"^target must hold integer class "
+         r"labels, got dtype torch.bool$"),
+        (torch.tensor([True, False]), torch.tensor([1, 0]), r"^1-D output must hold integer "
+         r"predicted labels, got dtype torch.bool; pass logits as Tensor\[batch_size, num_cl"),
+        (torch.zeros(2, 0), torch.tensor([1, 0]), r"^output logits Tensor\[batch_size, "
+         r"num_classes\] must have num_classes >= 1, got shape \(2, 0\)$"),
+        (torch.zeros(2, 3, 1), torch.tensor([1, 0]), r"^output must be logits Tensor\[batch_size,"
+         r" num_classes\] or labels Tensor\[batch_size\], got 3-D with shape \(2, 3, 1\)$"),
+    ],
+)  # fmt: skip
+def test_exact_accuracy_shape_and_dtype_messages(
+    output: torch.Tensor, target: torch.Tensor, message: str
+) -> None:
+    acc = ExactAccuracy()
+    acc.update(torch.tensor([1, 0]), torch.tensor([1, 1]))  # the valid call first
+    with pytest.raises(ValueError, match=message):
+        acc.update(output, target)
+    assert (acc.correct, acc.total) == (1, 2)  # nothing counted by the refused call
+
+
+def test_smoothed_repr_shows_the_options_and_state() -> None:
+    smoothed = OriginalSmoothedAccuracy()
+    assert repr(smoothed) == "OriginalSmoothedAccuracy(smoothing=0.7, value=0.0000, epochs=0)"
+    smoothed = OriginalSmoothedAccuracy(
+        smoothing=0.5, nominal_batch_size=4, skip_uneven_batches=True
+    )
+    smoothed.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 0]))  # 3/4: 0.5 * 0.75
+    smoothed.end_epoch()
+    assert repr(smoothed) == (
+        "OriginalSmoothedAccuracy(smoothing=0.5, nominal_batch_size=4, "
+        "skip_uneven_batches=True, value=0.3750, epochs=1)"
+    )
