@@ -160,7 +160,7 @@ def assert_same(results, expected, rtol=1e-4, atol=0.0):
 # output and every gradient (input, weight, bias, trainable masks, PReLU slope).
 
 IN_PLACE_DERIVATIVE = ["relu", "tanh", "sigmoid"]
-AUTOGRAD_DERIVATIVE = ["elu", "lrelu"]
+AUTOGRAD_DERIVATIVE = ["elu", "lrelu", "selu"]
 LEARNABLE = ["prelu"]
 FAMILIES = IN_PLACE_DERIVATIVE + AUTOGRAD_DERIVATIVE + LEARNABLE
 
@@ -425,6 +425,14 @@ def test_fast_paths_never_save_the_perturbed_tensor(impl, use_act):
     assert fast <= inputs_bytes < perturbed_bytes / 4, (fast, inputs_bytes, perturbed_bytes)
     out.sum().backward()
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_every_named_activation_has_a_fast_path(name):
+    """Each activation of the seed's ``--act`` (RReLU in eval mode) takes the chunked path."""
+    act = activation_for(name)
+    assert resolve_impl("eager", 4, act) == "chunked"
+    assert resolve_impl("compiled", 4, act) == "compiled"
 
 
 def test_resolve_impl():
