@@ -582,19 +582,24 @@ def test_every_builder_accepts_impl(name):
 
 
 def test_perturb_resnet18_impls_agree():
-    """A whole network: the same logits and gradients with impl 'grouped' and 'auto'."""
+    """A whole network: the same logits and gradients with impl 'grouped' and 'auto'.
+
+    In float64 and seeded: in float32, BatchNorm over a batch of 2 amplifies the rounding
+    differences of the two paths to about 2e-4 for some draws (a flaky test otherwise).
+    """
+    torch.manual_seed(0)
     options = {"nfilters": 6, "nmasks": 3, "unique_masks": False, "input_size": 16}
-    grouped = build_model("perturb_resnet18", impl="grouped", **options)
-    fast = build_model("perturb_resnet18", impl="auto", **options)
+    grouped = build_model("perturb_resnet18", impl="grouped", dtype=torch.float64, **options)
+    fast = build_model("perturb_resnet18", impl="auto", dtype=torch.float64, **options)
     fast.load_state_dict(grouped.state_dict())
-    x = torch.randn(2, 3, 16, 16)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     results = []
     for model in (grouped, fast):
         out = model(x)
         out.square().sum().backward()
         results.append([out, *(p.grad for p in model.parameters())])
     # Biases followed by BatchNorm have a gradient that is zero up to rounding: absolute floor.
-    assert_same(results[1], results[0], rtol=1e-4, atol=1e-5)
+    assert_same(results[1], results[0], rtol=1e-7, atol=1e-10)
 
 
 @pytest.mark.parametrize("use_act", [False, True])
