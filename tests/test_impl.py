@@ -702,3 +702,31 @@ def test_cuda_layer_matches_its_cpu_copy(cuda_without_tf32, impl):
         out.square().sum().backward()
         results.append([t.cpu() for t in (out, xi.grad, *(p.grad for p in layer.parameters()))])
     assert_same(results[1], results[0], rtol=1e-5)
+
+
+# ------------------------------------------------- block sizes of the chunked path (memory bound)
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    # batch 4, channels 3, nmasks 5, pixels 10; worked out by hand from the docstring's rule:
+    # whole images first, then masks, then channels, each at least one.
+    [(1, (1, 1, 1)), (25, (2, 1, 1)), (60, (4, 1, 1)), (100, (4, 1, 2)), (200, (4, 1, 5)),
+     (450, (4, 2, 5)), (600, (4, 3, 5)), (10**6, (4, 3, 5))],
+)  # fmt: skip
+def test_chunk_block_sizes(budget, expected):
+    assert _fast_chunked._blocks(4, 3, 5, 10, budget) == expected
+
+
+@settings(max_examples=scaled(50))
+@given(
+    batch=st.integers(1, 9), channels=st.integers(1, 9), nmasks=st.integers(2, 9),
+    pixels=st.integers(1, 50), budget=st.integers(1, 5000),
+)  # fmt: skip
+def test_chunk_blocks_fit_the_budget(batch, channels, nmasks, pixels, budget):
+    """A block never exceeds the budget (or one image row of one mask), and fills it greedily."""
+    nb, nc, nk = _fast_chunked._blocks(batch, channels, nmasks, pixels, budget)
+    assert 1 <= nb <= batch and 1 <= nc <= channels and 1 <= nk <= nmasks
+    assert nb * nc * nk * pixels <= max(budget, pixels)
+    if nb < batch:  # smaller than the whole batch only when one more image would not fit
+        assert (nb + 1) * pixels > budget and nc == nk == 1
