@@ -730,3 +730,23 @@ def test_chunk_blocks_fit_the_budget(batch, channels, nmasks, pixels, budget):
     assert nb * nc * nk * pixels <= max(budget, pixels)
     if nb < batch:  # smaller than the whole batch only when one more image would not fit
         assert (nb + 1) * pixels > budget and nc == nk == 1
+
+
+@pytest.mark.parametrize(("impl", "kernel"), [("eager", "chunked"), ("auto", "chunked"),
+                                               ("compiled", "compiled")])  # fmt: skip
+def test_dispatch_calls_exactly_the_resolved_kernel(impl, kernel):
+    """The fast paths all give the literal result, so only this can tell which one ran."""
+    from perturbnn import functional
+
+    x, masks, weight, bias = make_inputs(pinned())
+    names = {
+        "linear": "perturb_conv2d_linear",
+        "chunked": "perturb_act_conv2d_chunked",
+        "compiled": "perturb_act_conv2d_compiled",
+    }
+    mocks = {k: mock.Mock(return_value=torch.zeros(())) for k in names}
+    with mock.patch.multiple(functional, **{names[k]: mocks[k] for k in names}):
+        perturb_conv2d(x, masks, weight, bias, level=0.5, activation=nn.ReLU(), impl=impl)
+        perturb_conv2d(x, masks, weight, bias, level=0.5, activation=None, impl=impl)
+    assert mocks[kernel].call_count == 1 and mocks["linear"].call_count == 1
+    assert sum(m.call_count for m in mocks.values()) == 2
