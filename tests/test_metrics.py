@@ -383,9 +383,10 @@ def test_all_reduce_in_process_single_rank(tmp_path: Any, caplog: Any) -> None:
             acc.all_reduce()
         assert (acc.correct, acc.total) == (3, 4)
         assert type(acc.correct) is int and type(acc.total) is int
-        assert "all-reduced accuracy counts over gloo: ExactAccuracy(correct=3, total=4)" in (
-            caplog.text
-        )
+        messages = [r.getMessage() for r in caplog.records if r.name == "perturbnn.metrics"]
+        assert messages == [
+            "all-reduced accuracy counts over gloo: ExactAccuracy(correct=3, total=4)"
+        ]
     finally:
         dist.destroy_process_group()
     assert not dist.is_initialized()
