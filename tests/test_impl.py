@@ -748,5 +748,7 @@ def test_dispatch_calls_exactly_the_resolved_kernel(impl, kernel):
     with mock.patch.multiple(functional, **{names[k]: mocks[k] for k in names}):
         perturb_conv2d(x, masks, weight, bias, level=0.5, activation=nn.ReLU(), impl=impl)
         perturb_conv2d(x, masks, weight, bias, level=0.5, activation=None, impl=impl)
-    assert mocks[kernel].call_count == 1 and mocks["linear"].call_count == 1
-    assert sum(m.call_count for m in mocks.values()) == 2
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the autocast branch dispatches too
+            perturb_conv2d(x, masks, weight, bias, level=0.5, activation=nn.ReLU(), impl=impl)
+    assert mocks[kernel].call_count == 2 and mocks["linear"].call_count == 1
+    assert sum(m.call_count for m in mocks.values()) == 3
