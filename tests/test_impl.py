@@ -752,3 +752,19 @@ def test_dispatch_calls_exactly_the_resolved_kernel(impl, kernel):
             perturb_conv2d(x, masks, weight, bias, level=0.5, activation=nn.ReLU(), impl=impl)
     assert mocks[kernel].call_count == 2 and mocks["linear"].call_count == 1
     assert sum(m.call_count for m in mocks.values()) == 3
+
+
+@pytest.mark.parametrize("hook", ["forward", "forward_pre"])
+def test_activation_with_a_hook_takes_the_literal_path(hook):
+    """A hook would be skipped by the fast paths' pure function: any one hook sends it to grouped."""
+    relu = nn.ReLU()
+    assert resolve_impl("eager", 4, relu) == "chunked"
+    calls = []
+    if hook == "forward":
+        relu.register_forward_hook(lambda module, args, out: calls.append(1))
+    else:
+        relu.register_forward_pre_hook(lambda module, args: calls.append(1))
+    assert resolve_impl("eager", 4, relu) == "grouped"
+    x, masks, weight, bias = make_inputs(pinned())
+    perturb_conv2d(x, masks, weight, bias, level=0.5, activation=relu, impl="eager")
+    assert calls == [1]

@@ -402,3 +402,10 @@ def test_perturb_conv2d_defaults_and_bias_initialisation():
     assert big.bias is not None
     assert big.bias.abs().max() <= bound
     assert big.bias.min() < -bound / 2 and big.bias.max() > bound / 2  # uniform(-b, b), spread
+
+
+def test_noise_mask_generator_message_and_device():
+    with pytest.raises(TypeError, match=r"^generator must be a torch.Generator or None, got int$"):
+        NoiseMask(3, 2, 4, level=0.1, generator=0)
+    meta = NoiseMask(3, 2, 4, level=0.1, device="meta")
+    assert meta.masks.is_meta and meta.masks.shape == (3, 2, 4, 4)
