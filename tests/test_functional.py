@@ -150,11 +150,11 @@ def test_perturb_conv2d_weight_messages():
     assert str(info.value) == (
         "weight must have shape (6, 4, 1, 1) for 3 input channels and nmasks=4, got (6, 3, 1, 1)"
     )
-    # Two input channels, three outputs: not a multiple of the groups (checked on fast paths).
+    # Two input channels, five outputs: not a multiple of the groups (checked on fast paths).
     x2, masks2 = torch.zeros(1, 2, 3, 3), torch.ones(2, 3, 3, 3)
     for impl in ("eager", "auto", "compiled"):
         with pytest.raises(ValueError) as info:
-            PF.perturb_conv2d(x2, masks2, torch.zeros(3, 3, 1, 1), level=0.1, impl=impl)
+            PF.perturb_conv2d(x2, masks2, torch.zeros(5, 3, 1, 1), level=0.1, impl=impl)
         assert str(info.value) == (
-            "weight must have a multiple of 2 output channels (groups=2), got 3"
+            "weight must have a multiple of 2 output channels (groups=2), got 5"
         )
