@@ -12,17 +12,22 @@ Usage::
     python benchmarks/bench_train.py                      # nfilters 16, nmasks 16, batch 32
     python benchmarks/bench_train.py --nfilters 32 --batch-size 64 --steps 10
     python benchmarks/bench_train.py --device cuda --nfilters 64 --batch-size 128
+    python benchmarks/bench_train.py --act prelu --train-masks   # PReLU/ELU, trainable masks
+    python benchmarks/bench_train.py --json benchmarks/results/train-cpu.json  # for make_tables
 
-Not part of the test run: it prints a table and checks nothing.
+Not part of the test run. With ``--json`` it writes its results for ``make_tables.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
+import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -66,6 +71,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--act", default="relu", help="activation (relu, elu, prelu, ...)")
+    parser.add_argument("--train-masks", action="store_true", help="trainable noise masks")
+    parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -79,6 +87,8 @@ def main() -> None:
         "nmasks": args.nmasks,
         "unique_masks": False,
         "first_filter_size": 3,
+        "act": args.act,
+        "train_masks": args.train_masks,
     }
     torch.manual_seed(0)
     reference = build_model("perturb_resnet18", impl="grouped", **options)
@@ -111,11 +121,13 @@ def main() -> None:
             times[impl].append(step(impl, x, y))
     load_after = os.getloadavg()
 
-    print(
+    description = (
         f"perturb_resnet18 training step: nfilters={args.nfilters}, nmasks={args.nmasks}, "
-        f"shared masks, first_filter_size=3, batch {args.batch_size}, {args.steps} steps per impl "
+        f"shared {'trainable' if args.train_masks else 'fixed'} masks, act={args.act}, "
+        f"first_filter_size=3, batch {args.batch_size}, {args.steps} steps per impl "
         f"(interleaved), CIFAR-10 train batches"
     )
+    print(description)
     where = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -135,6 +147,29 @@ def main() -> None:
         print(
             f"| {impl} | {first[impl]:.2f} | {median:.3f} | {args.batch_size / median:.0f} | {ratio} |"
         )
+    if args.json is not None:
+        result = {
+            "benchmark": "bench_train",
+            "description": description,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python", "benchmarks/bench_train.py", *sys.argv[1:]]),
+            "torch": torch.__version__,
+            "device": where,
+            "batch_size": args.batch_size,
+            "load_average_before_after": [load_before[0], load_after[0]],
+            "rows": [
+                {
+                    "impl": impl,
+                    "first_s": first[impl],
+                    "median_s": statistics.median(times[impl]),
+                    "times_s": times[impl],
+                }
+                for impl in impls
+            ],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

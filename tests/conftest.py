@@ -1,4 +1,4 @@
-"""Shared test settings: single-threaded torch, a hypothesis profile sized for a 2-core CI."""
+"""Shared test settings: single-threaded torch, hypothesis profiles ("ci" default, "thorough")."""
 
 from __future__ import annotations
 
@@ -11,6 +11,12 @@ from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(int(os.environ.get("PERTURBNN_TEST_THREADS", "1")))
 
+# Two hypothesis profiles, chosen by $HYPOTHESIS_PROFILE:
+# - "ci" (default): few, derandomized examples, so every run draws the same cases. The branches
+#   that matter are pinned by explicit parametrization or @example in the tests themselves, so
+#   this profile's random search only adds cases on top of them.
+# - "thorough": many fresh random examples each run (no derandomization, no deadline), for a
+#   deeper search before a release: HYPOTHESIS_PROFILE=thorough python -m pytest -q
 settings.register_profile(
     "ci",
     max_examples=25,
@@ -18,8 +24,23 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
     derandomize=True,
 )
-settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile(
+    "thorough",
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=False,
+)
+settings.register_profile("dev", max_examples=100, deadline=None)  # an older name, kept
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+#: Multiplier of the per-test example counts (``max_examples=scaled(n)``) under "thorough".
+THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
+
+
+def scaled(examples: int) -> int:
+    """A test's own example count, ten times larger under the "thorough" profile."""
+    return examples * 10 if THOROUGH else examples
 
 
 def shared_data_dir() -> Path:

@@ -122,3 +122,39 @@ def test_perturb_conv2d_rejects_wrong_weight():
         PF.perturb_conv2d(
             torch.zeros(1, 3, 4, 4), torch.zeros(3, 2, 4, 4), torch.zeros(6, 3, 1, 1), level=0.1
         )
+
+
+# ------------------------------------------- what mutation testing found unchecked (issue 15)
+
+
+def test_perturb_messages_name_the_masks():
+    x, masks = torch.zeros(2, 3, 4, 4), torch.ones(3, 2, 4, 4)
+    assert PF.perturb(x, masks, 0.5).shape == (2, 6, 4, 4)  # the valid call first
+    with pytest.raises(ValueError) as info:
+        PF.perturb(torch.zeros(2, 3, 4, 5), masks, 0.5)
+    assert str(info.value) == (
+        "input spatial size must equal the masks' (height, width) = (4, 4), got (4, 5)"
+    )
+    with pytest.raises(ValueError) as info:
+        PF.perturb(torch.zeros(2, 3, 4, 4, device="meta"), masks, 0.5)
+    assert str(info.value).startswith(
+        "input is on meta, a different device from the noise masks (cpu); move the module"
+    )
+
+
+def test_perturb_conv2d_weight_messages():
+    x, masks = torch.zeros(2, 3, 4, 4), torch.ones(3, 4, 4, 4)
+    assert PF.perturb_conv2d(x, masks, torch.zeros(6, 4, 1, 1), level=0.1).shape == (2, 6, 4, 4)
+    with pytest.raises(ValueError) as info:
+        PF.perturb_conv2d(x, masks, torch.zeros(6, 3, 1, 1), level=0.1)
+    assert str(info.value) == (
+        "weight must have shape (6, 4, 1, 1) for 3 input channels and nmasks=4, got (6, 3, 1, 1)"
+    )
+    # Two input channels, five outputs: not a multiple of the groups (checked on fast paths).
+    x2, masks2 = torch.zeros(1, 2, 3, 3), torch.ones(2, 3, 3, 3)
+    for impl in ("eager", "auto", "compiled"):
+        with pytest.raises(ValueError) as info:
+            PF.perturb_conv2d(x2, masks2, torch.zeros(5, 3, 1, 1), level=0.1, impl=impl)
+        assert str(info.value) == (
+            "weight must have a multiple of 2 output channels (groups=2), got 5"
+        )

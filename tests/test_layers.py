@@ -447,3 +447,157 @@ def test_given_activation_module_is_used():
     assert layer.activation is act
     assert PerturbConv2d(2, 4, 2, input_size=3, activation=act).activation is None  # no use_act
     assert MixMaps(4, "prelu", activation=act)[2] is act
+
+
+# ------------------------------------------- what mutation testing found unchecked (issue 15)
+
+
+def test_extra_repr_shows_exactly_what_differs_from_the_defaults():
+    assert NoiseMask(3, 4, (5, 6), level=0.1).extra_repr() == (
+        "3, nmasks=4, input_size=(5, 6), level=0.1"
+    )
+    assert NoiseMask(
+        3, 4, 5, level=0.2, noise_type="normal", unique_masks=False, train_masks=True
+    ).extra_repr() == (
+        "3, nmasks=4, input_size=(5, 5), level=0.2, noise_type='normal', unique_masks=False, "
+        "train_masks=True"
+    )
+    assert PerturbConv2d(3, 6, input_size=4).extra_repr() == "3, 6"
+    assert (
+        PerturbConv2d(
+            3, 6, 2, input_size=4, use_act=True, act="elu", bias=False, impl="eager"
+        ).extra_repr()
+        == "3, 6, nmasks=2, use_act=True, act='elu', bias=False, impl='eager'"
+    )
+    assert PerturbConv2d(3, 6, 2, input_size=4, impl="grouped").extra_repr() == (
+        "3, 6, nmasks=2, impl='grouped'"
+    )
+
+
+def test_conv_output_size_halves_only_for_the_seven_by_seven_stem():
+    from perturbnn.layers import conv_output_size
+
+    # ceil(n / 2) for filter 7 (stride 2, padding 3), counted by hand; unchanged otherwise.
+    assert [conv_output_size(n, 7) for n in (1, 2, 5, 6, 32)] == [1, 1, 3, 3, 16]
+    assert [conv_output_size(n, f) for n, f in ((5, 0), (5, 1), (6, 3), (7, 5), (8, 9))] == [
+        5,
+        5,
+        6,
+        7,
+        8,
+    ]
+    for n in (5, 6, 32):
+        layer = PerturbLayer(3, 4, filter_size=7)
+        assert layer(torch.randn(1, 3, n, n)).shape[-1] == conv_output_size(n, 7)
+
+
+def test_shared_noise_mask_still_checks_the_channel_count():
+    """Shared masks (one set for all channels) cannot tell the channel count: the layer does."""
+    noise = NoiseMask(3, 2, 4, level=0.5, unique_masks=False)
+    assert noise(torch.zeros(2, 3, 4, 4)).shape == (2, 6, 4, 4)
+    with pytest.raises(ValueError, match="input must have 3 channels, got 2"):
+        noise(torch.zeros(2, 2, 4, 4))
+    with pytest.raises(ValueError, match="input must be 4-D"):
+        noise(torch.zeros(3, 4, 4))
+
+
+def test_perturb_layer_defaults_are_the_seeds():
+    """The seed's PerturbLayer defaults: one mask, level 0.5, unique fixed masks, no inner act."""
+    layer = PerturbLayer(3, 6, input_size=4)
+    conv = layer[0]
+    assert len(layer) == 3 and isinstance(layer[1], nn.BatchNorm2d)
+    assert isinstance(layer[2], nn.ReLU)
+    assert (conv.nmasks, conv.level, conv.noise.unique_masks) == (1, 0.5, True)
+    assert conv.noise.noise_type == "uniform" and not conv.noise.train_masks
+    assert conv.activation is None and conv.bias is not None and conv.impl == "auto"
+    mix = MixMaps(4)
+    assert isinstance(mix[2], nn.ReLU) and mix[0].bias is not None
+    assert mix[0].kernel_size == (1, 1) and mix[0].in_channels == mix[0].out_channels == 4
+
+
+def test_perturb_layer_passes_every_option_to_its_perturbation():
+    gen_a, gen_b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    options = dict(
+        input_size=(4, 5), level=0.3, noise_type="normal", unique_masks=False, train_masks=True,
+        use_act=True, act="elu", mix_maps=True, impl="eager",
+    )  # fmt: skip
+    layer = PerturbLayer(3, 6, 2, generator=gen_a, **options)
+    conv = layer[0]
+    assert (conv.nmasks, conv.level, conv.noise.noise_type) == (2, 0.3, "normal")
+    assert conv.noise.masks.shape == (1, 2, 4, 5)
+    assert conv.noise.train_masks and isinstance(conv.noise.masks, nn.Parameter)
+    assert isinstance(conv.activation, nn.ELU) and isinstance(layer[2], nn.ELU)
+    assert conv.impl == "eager" and conv.bias is not None
+    assert isinstance(layer[3], MixMaps) and isinstance(layer[3][2], nn.ELU)
+    assert layer.input_size == (4, 5) and layer.in_channels == 3
+    same = PerturbLayer(3, 6, 2, generator=gen_b, **options)
+    assert torch.equal(same[0].noise.masks, conv.noise.masks)  # drawn from the generator
+
+
+@pytest.mark.parametrize("filter_size", [0, 1, 3, 7])
+def test_perturb_layer_factory_kwargs_reach_every_module(filter_size):
+    layer = PerturbLayer(
+        3, 6, 2, filter_size=filter_size, input_size=8, mix_maps=True, dtype=torch.float64
+    )
+    assert {t.dtype for t in [*layer.parameters(), *layer.buffers()] if t.is_floating_point()} == {
+        torch.float64
+    }
+    assert layer(torch.randn(2, 3, 8, 8, dtype=torch.float64)).dtype == torch.float64
+    mix = MixMaps(4, dtype=torch.float64)
+    assert {p.dtype for p in mix.parameters()} == {torch.float64}
+    assert mix[1].running_mean.dtype == torch.float64
+
+
+@pytest.mark.parametrize(("filter_size", "has_bias"), [(1, True), (3, False), (5, False)])
+def test_regular_convolution_layer(filter_size, has_bias):
+    layer = PerturbLayer(3, 6, filter_size=filter_size, input_size=(5, 6))
+    conv = layer[0]
+    assert isinstance(conv, nn.Conv2d) and (conv.bias is not None) == has_bias
+    assert conv.kernel_size == (filter_size, filter_size) and conv.stride == (1, 1)
+    assert layer(torch.randn(2, 3, 5, 6)).shape == (2, 6, 5, 6)
+    with pytest.raises(ValueError, match="input must have 3 channels, got 4"):
+        layer(torch.randn(2, 4, 5, 6))
+    with pytest.raises(ValueError, match=r"input spatial size must equal input_size = \(5, 6\)"):
+        layer(torch.randn(2, 3, 6, 6))
+    free = PerturbLayer(3, 6, filter_size=filter_size)  # no input_size: any spatial size
+    assert free(torch.randn(1, 3, 9, 4)).shape == (1, 6, 9, 4)
+    with pytest.raises(ValueError, match="input must have 3 channels, got 2"):
+        free(torch.randn(1, 2, 9, 4))
+
+
+def test_perturb_layer_messages():
+    with pytest.raises(TypeError, match=r"^filter_size must be an int, got str '3'$"):
+        PerturbLayer(3, 6, filter_size="3")
+    assert PerturbLayer(3, 6, filter_size=0)[0].input_size is None  # lazy, not an error
+    with pytest.raises(TypeError, match=r"^input_size must be an int or a \(height, width\)"):
+        PerturbLayer(3, 6, filter_size=3, input_size="5")
+    for even in (2, 4):
+        with pytest.raises(ValueError, match=rf"odd kernel size, got {even}$"):
+            PerturbLayer(3, 6, filter_size=even)
+
+
+def test_weights_initialised_like_nn_conv2d():
+    """kaiming_uniform_(a=sqrt(5)): weights within 1/sqrt(fan_in), and filling that range."""
+    layer = PerturbConv2d(64, 128, 4, input_size=2)
+    bound = 1 / 4**0.5  # fan_in = nmasks = 4 (grouped)
+    assert layer.weight.abs().max() <= bound
+    assert layer.weight.abs().max() > 0.95 * bound
+    assert layer.bias is not None and layer.bias.abs().max() <= bound
+
+
+def test_perturb_conv2d_defaults_and_bias_initialisation():
+    layer = PerturbConv2d(3, 6, 2, input_size=4)
+    assert layer.noise.masks.shape == (3, 2, 4, 4)  # unique masks by default
+    assert layer.level == 0.1 and layer.activation is None
+    big = PerturbConv2d(64, 256, 4, input_size=2)
+    bound = 1 / 4**0.5
+    assert big.bias is not None
+    assert big.bias.abs().max() <= bound
+    assert big.bias.min() < -bound / 2 and big.bias.max() > bound / 2  # uniform(-b, b), spread
+
+
+def test_noise_mask_generator_message_and_device():
+    with pytest.raises(TypeError, match=r"^generator must be a torch.Generator or None, got int$"):
+        NoiseMask(3, 2, 4, level=0.1, generator=0)
+    meta = NoiseMask(3, 2, 4, level=0.1, device="meta")
+    assert meta.masks.is_meta and meta.masks.shape == (3, 2, 4, 4)

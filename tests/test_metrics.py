@@ -11,6 +11,7 @@ import torch.distributed as dist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import scaled
 from perturbnn.metrics import ExactAccuracy, OriginalSmoothedAccuracy
 
 
@@ -92,6 +93,21 @@ def test_exact_accuracy_state_dict_round_trip() -> None:
     assert repr(restored) == "ExactAccuracy(correct=8, total=10)"
 
 
+def test_exact_accuracy_perfect_score_round_trips() -> None:
+    """correct == total is valid everywhere: a ``>`` turned into ``>=`` must fail here."""
+    acc = ExactAccuracy()
+    acc.update(torch.tensor([0, 1, 2, 1]), torch.tensor([0, 1, 2, 1]))
+    assert (acc.correct, acc.total) == (4, 4)
+    assert acc.compute(expected_total=4) == 1.0
+    restored = ExactAccuracy()
+    restored.load_state_dict({"correct": 4, "total": 4})
+    assert (restored.correct, restored.total) == (4, 4)
+    restored.load_state_dict({"correct": 0, "total": 0})  # the empty state is valid too
+    assert (restored.correct, restored.total) == (0, 0)
+    with pytest.raises(ValueError, match="correct=5, total=4"):
+        restored.load_state_dict({"correct": 5, "total": 4})
+
+
 @pytest.mark.parametrize(
     ("state", "error"),
     [
@@ -131,7 +147,7 @@ def test_exact_accuracy_not_a_tensor() -> None:
         ExactAccuracy().update([0, 1], torch.tensor([0, 1]))  # type: ignore[arg-type]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=scaled(60), deadline=None)
 @given(
     data=st.data(),
     n=st.integers(min_value=1, max_value=60),
@@ -252,7 +268,7 @@ def test_smoothed_differs_from_exact_accuracy() -> None:
     assert abs(smoothed.best - exact.compute()) > 0.4
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=scaled(40), deadline=None)
 @given(
     batches=st.lists(
         st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=1, max_size=8),
@@ -319,3 +335,95 @@ def test_smoothed_rejects_batch_larger_than_nominal_and_empty_batch() -> None:
             torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         )
     assert smoothed.value == 0.0
+
+
+# ------------------------------------------- what mutation testing found unchecked (issue 15)
+
+
+def test_error_messages_name_the_argument_and_the_value() -> None:
+    acc = ExactAccuracy()
+    with pytest.raises(ValueError, match=r"^no example counted yet \(total == 0\); call update"):
+        acc.compute()
+    acc.update(torch.tensor([1, 0]), torch.tensor([1, 1]))
+    with pytest.raises(
+        ValueError, match=r"^counted 2 examples but expected_total is 3; a batch was dropped"
+    ):
+        acc.compute(expected_total=3)
+    with pytest.raises(TypeError, match=r"^output must be a torch.Tensor, got list$"):
+        acc.update([1, 0], torch.tensor([1, 1]))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^target must be a torch.Tensor, got tuple$"):
+        acc.update(torch.tensor([1, 0]), (1, 1))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^correct must be a non-negative int, got float 1.0$"):
+        acc.load_state_dict({"correct": 1.0, "total": 2})
+    with pytest.raises(ValueError, match=r"^total must be a non-negative int, got -1$"):
+        acc.load_state_dict({"correct": 0, "total": -1})
+    with pytest.raises(TypeError, match=r"^smoothing must be a float in \[0, 1\), got bool True"):
+        OriginalSmoothedAccuracy(smoothing=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^nominal_batch_size must be a positive int, got 0"):
+        OriginalSmoothedAccuracy(nominal_batch_size=0)
+    with pytest.raises(TypeError, match=r"^skip_uneven_batches must be a bool, got int 1"):
+        OriginalSmoothedAccuracy(skip_uneven_batches=1)  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError,
+        match=r"^skip_uneven_batches=True needs nominal_batch_size, got nominal_batch_size=None",
+    ):
+        OriginalSmoothedAccuracy(skip_uneven_batches=True)
+    with pytest.raises(ValueError, match=r"^the batch is empty \(batch_size 0\)"):
+        OriginalSmoothedAccuracy().update(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_all_reduce_in_process_single_rank(tmp_path: Any, caplog: Any) -> None:
+    """One gloo rank in this process: the counts survive the all-reduce, as int, and it logs."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        acc = ExactAccuracy()
+        acc.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 0]))
+        with caplog.at_level("DEBUG", logger="perturbnn.metrics"):
+            acc.all_reduce()
+        assert (acc.correct, acc.total) == (3, 4)
+        assert type(acc.correct) is int and type(acc.total) is int
+        messages = [r.getMessage() for r in caplog.records if r.name == "perturbnn.metrics"]
+        assert messages == [
+            "all-reduced accuracy counts over gloo: ExactAccuracy(correct=3, total=4)"
+        ]
+    finally:
+        dist.destroy_process_group()
+    assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("output", "target", "message"),
+    [
+        (torch.tensor([1, 0]), torch.tensor([True, False]), r"^target must hold integer class "
+         r"labels, got dtype torch.bool$"),
+        (torch.tensor([True, False]), torch.tensor([1, 0]), r"^1-D output must hold integer "
+         r"predicted labels, got dtype torch.bool; pass logits as Tensor\[batch_size, num_cl"),
+        (torch.zeros(2, 0), torch.tensor([1, 0]), r"^output logits Tensor\[batch_size, "
+         r"num_classes\] must have num_classes >= 1, got shape \(2, 0\)$"),
+        (torch.zeros(2, 3, 1), torch.tensor([1, 0]), r"^output must be logits Tensor\[batch_size,"
+         r" num_classes\] or labels Tensor\[batch_size\], got 3-D with shape \(2, 3, 1\)$"),
+    ],
+)  # fmt: skip
+def test_exact_accuracy_shape_and_dtype_messages(
+    output: torch.Tensor, target: torch.Tensor, message: str
+) -> None:
+    acc = ExactAccuracy()
+    acc.update(torch.tensor([1, 0]), torch.tensor([1, 1]))  # the valid call first
+    with pytest.raises(ValueError, match=message):
+        acc.update(output, target)
+    assert (acc.correct, acc.total) == (1, 2)  # nothing counted by the refused call
+
+
+def test_smoothed_repr_shows_the_options_and_state() -> None:
+    smoothed = OriginalSmoothedAccuracy()
+    assert repr(smoothed) == "OriginalSmoothedAccuracy(smoothing=0.7, value=0.0000, epochs=0)"
+    smoothed = OriginalSmoothedAccuracy(
+        smoothing=0.5, nominal_batch_size=4, skip_uneven_batches=True
+    )
+    smoothed.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 0]))  # 3/4: 0.5 * 0.75
+    smoothed.end_epoch()
+    assert repr(smoothed) == (
+        "OriginalSmoothedAccuracy(smoothing=0.5, nominal_batch_size=4, "
+        "skip_uneven_batches=True, value=0.3750, epochs=1)"
+    )

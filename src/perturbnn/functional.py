@@ -207,7 +207,8 @@ def perturb_conv2d(
         ...                activation=torch.relu, impl="eager").shape
         torch.Size([2, 6, 8, 8])
     """
-    channels = x.shape[1] if x.dim() == 4 else -1
+    check_perturb_input(x, masks)  # before the weight check, which reads x's channels
+    channels = x.shape[1]
     nmasks = masks.shape[1]
     groups = channels if nmasks > 1 else 1
     expected = (weight.shape[0], channels * nmasks // max(groups, 1), 1, 1)
@@ -228,7 +229,6 @@ def perturb_conv2d(
         # the literal formulation gives the same numbers and exports as plain operators.
         path = "grouped"
     if path != "grouped":
-        check_perturb_input(x, masks)
         if groups > 1 and weight.shape[0] % channels != 0:
             raise ValueError(
                 f"weight must have a multiple of {channels} output channels (groups={groups}), "

@@ -321,6 +321,7 @@ def test_stop_on_signal_outside_the_main_thread_does_nothing() -> None:
     thread = threading.Thread(target=body)
     thread.start()
     thread.join(timeout=10)
+    assert not thread.is_alive(), "StopOnSignal hung outside the main thread"
     assert not errors
 
 

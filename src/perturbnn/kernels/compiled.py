@@ -38,7 +38,7 @@ def _fused(
     weight: Tensor,
     bias: Optional[Tensor],
     activation: Callable[[Tensor], Tensor],
-) -> Tensor:
+) -> Tensor:  # pragma: no mutate block (torch.compile copies its code: no mutmut trampoline)
     """The literal layer as one broadcast expression, for ``torch.compile`` to fuse."""
     batch, channels, height, width = x.shape
     nmasks = noise.shape[1]

@@ -1,0 +1,242 @@
+"""Generate the benchmark tables of docs/performance.md from the benchmarks' JSON results.
+
+Reads ``benchmarks/results/layers-*.json`` (written by ``bench_layers.py --json``) and
+``benchmarks/results/train-*.json`` (``bench_train.py --json``), and replaces, in
+docs/performance.md, everything between ``<!-- tables:start -->`` and ``<!-- tables:end -->``.
+Every number, ratio and "met" verdict in that block is computed here from the JSON; nothing is
+typed by hand. Run it after the benchmarks::
+
+    python benchmarks/bench_layers.py --json benchmarks/results/layers-cpu.json
+    python benchmarks/bench_train.py --json benchmarks/results/train-cpu.json
+    python benchmarks/make_tables.py
+
+``--check`` exits with status 1 if docs/performance.md is not what the JSON gives (for CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- tables:start -->", "<!-- tables:end -->"
+IMPLS = ("grouped", "eager", "compiled", "auto")
+ACT_NAMES = {"none": "none", "relu": "ReLU", "elu": "ELU", "prelu": "PReLU"}
+
+
+def rows_by_name(case: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["name"]: row for row in case["rows"]}
+
+
+def speedup(case: dict[str, Any], name: str) -> float:
+    rows = rows_by_name(case)
+    return float(rows["literal"]["median_s"] / rows[name]["median_s"])
+
+
+def memory_ratio(case: dict[str, Any], name: str) -> float:
+    rows = rows_by_name(case)
+    return float(rows[name]["peak_bytes"] / max(rows["literal"]["peak_bytes"], 1))
+
+
+def max_error(case: dict[str, Any]) -> float:
+    return max(row["rel_error"] for row in case["rows"] if row["rel_error"] is not None)
+
+
+def layer_tables(result: dict[str, Any]) -> list[str]:
+    lines = [
+        f"#### `bench_layers.py` on {result['device']}",
+        "",
+        f"torch {result['torch']}, {result['threads']} threads, {result['date']}, median of "
+        f"{result['repeats']} interleaved steps after {result['warmup']} warm-up steps, load "
+        "average (1 min) before/after "
+        f"{result['load_average_before_after'][0]:.2f}/{result['load_average_before_after'][1]:.2f}."
+        f" Command: `{result['command']}`.",
+        "",
+    ]
+    configs: dict[str, list[dict[str, Any]]] = {}
+    for case in result["cases"]:
+        configs.setdefault(case["config"], []).append(case)
+    for name, cases in configs.items():
+        c = cases[0]
+        floor_path = rows_by_name(c)["floor"]["path"]
+        lines += [
+            f"**{name}**: B={c['batch']}, C={c['channels']}, O={c['out_channels']}, "
+            f"nmasks={c['nmasks']}, {c['size']}x{c['size']}; floor: {floor_path}. Speed-ups are "
+            "literal time / row time; memory is peak extra bytes / the literal row's.",
+            "",
+            "| activation | masks | literal (ms) | grouped | eager | compiled | auto | floor "
+            "| eager / floor time | memory eager | memory compiled | max rel err | within "
+            f"{result['tolerance']:g} |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for case in cases:
+            rows = rows_by_name(case)
+            error = max_error(case)
+            paths = {impl: rows[impl]["path"] for impl in IMPLS}
+            cells = [
+                ACT_NAMES.get(case["activation"], case["activation"]),
+                case["masks"],
+                f"{rows['literal']['median_s'] * 1e3:.1f}",
+                *(f"{speedup(case, impl):.1f}x ({paths[impl]})" for impl in IMPLS),
+                f"{speedup(case, 'floor'):.1f}x",
+                f"{rows['eager']['median_s'] / rows['floor']['median_s']:.2f}",
+                f"{memory_ratio(case, 'eager'):.3f}",
+                f"{memory_ratio(case, 'compiled'):.3f}",
+                f"{error:.1e}",
+                "yes" if error <= result["tolerance"] else "**no**",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+# Targets: (description, predicate over one case, value shown), judged on the large configuration.
+Target = tuple[str, Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], str]]
+TARGETS: list[Target] = [
+    (
+        "no activation, eager >= 50x faster than literal",
+        lambda c: c["activation"] == "none",
+        lambda c: f"{speedup(c, 'eager'):.0f}x",
+    ),
+    (
+        "no activation, eager <= 2x the floor's time",
+        lambda c: c["activation"] == "none",
+        lambda c: (
+            f"{rows_by_name(c)['eager']['median_s'] / rows_by_name(c)['floor']['median_s']:.2f}"
+        ),
+    ),
+    (
+        "activation, eager >= 3x faster than literal",
+        lambda c: c["activation"] != "none",
+        lambda c: f"{speedup(c, 'eager'):.1f}x",
+    ),
+    (
+        "activation, compiled >= 10x faster than literal (steady state)",
+        lambda c: c["activation"] != "none",
+        lambda c: f"{speedup(c, 'compiled'):.1f}x",
+    ),
+    (
+        "activation, eager and compiled peak memory <= 1/8 of literal",
+        lambda c: c["activation"] != "none",
+        lambda c: f"{max(memory_ratio(c, 'eager'), memory_ratio(c, 'compiled')):.3f}",
+    ),
+    (
+        "every row within the tolerance of the literal layer",
+        lambda c: True,
+        lambda c: f"{max_error(c):.1e}",
+    ),
+]
+THRESHOLDS: dict[str, Callable[[dict[str, Any], float], bool]] = {
+    TARGETS[0][0]: lambda c, tol: speedup(c, "eager") >= 50,
+    TARGETS[1][0]: lambda c, tol: (
+        rows_by_name(c)["eager"]["median_s"] <= 2 * rows_by_name(c)["floor"]["median_s"]
+    ),
+    TARGETS[2][0]: lambda c, tol: speedup(c, "eager") >= 3,
+    TARGETS[3][0]: lambda c, tol: speedup(c, "compiled") >= 10,
+    TARGETS[4][0]: lambda c, tol: (
+        max(memory_ratio(c, "eager"), memory_ratio(c, "compiled")) <= 1 / 8
+    ),
+    TARGETS[5][0]: lambda c, tol: max_error(c) <= tol,
+}
+
+
+def target_table(result: dict[str, Any], config: str = "large") -> list[str]:
+    cases = [c for c in result["cases"] if c["config"] == config]
+    if not cases:
+        return [f"Targets: not judged (no `{config}` configuration in this run).", ""]
+    lines = [
+        f"Targets on the `{config}` configuration of this run (computed from the JSON):",
+        "",
+        "| target | measured (each activation x masks case) | met |",
+        "|---|---|---|",
+    ]
+    for description, applies, show in TARGETS:
+        chosen = [c for c in cases if applies(c)]
+        if not chosen:
+            continue
+        met = all(THRESHOLDS[description](c, result["tolerance"]) for c in chosen)
+        values = ", ".join(
+            f"{ACT_NAMES.get(c['activation'], c['activation'])}/{c['masks']} {show(c)}"
+            for c in chosen
+        )
+        lines.append(f"| {description} | {values} | {'yes' if met else '**no**'} |")
+    lines.append("")
+    return lines
+
+
+def train_table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        f"#### `bench_train.py` on {result['device']}",
+        "",
+        f"{result['description']}; torch {result['torch']}, {result['date']}, load average "
+        f"before/after {result['load_average_before_after'][0]:.2f}/"
+        f"{result['load_average_before_after'][1]:.2f}. Command: `{result['command']}`.",
+        "",
+        "| impl | first step (s) | median step (s) | images/s | x grouped |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    base: Optional[float] = next(
+        (r["median_s"] for r in result["rows"] if r["impl"] == "grouped"), None
+    )
+    for row in result["rows"]:
+        ratio = "-" if base is None else f"{base / row['median_s']:.1f}"
+        lines.append(
+            f"| {row['impl']} | {row['first_s']:.2f} | {row['median_s']:.3f} | "
+            f"{result['batch_size'] / row['median_s']:.0f} | {ratio} |"
+        )
+    lines.append("")
+    return lines
+
+
+def generate(results_dir: Path) -> str:
+    lines = [
+        START,
+        "<!-- generated by benchmarks/make_tables.py from benchmarks/results/*.json; "
+        "do not edit by hand -->",
+        "",
+    ]
+    layer_files = sorted(results_dir.glob("layers-*.json"))
+    train_files = sorted(results_dir.glob("train-*.json"))
+    if not layer_files and not train_files:
+        lines += ["No benchmark results yet: run the commands under *Reproduce*.", ""]
+    for path in layer_files:
+        result = json.loads(path.read_text())
+        lines += [f"Source: `benchmarks/results/{path.name}`.", ""]
+        lines += layer_tables(result)
+        lines += target_table(result)
+    for path in train_files:
+        lines += [f"Source: `benchmarks/results/{path.name}`.", ""]
+        lines += train_table(json.loads(path.read_text()))
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md")
+    parser.add_argument("--check", action="store_true", help="fail if the doc is out of date")
+    args = parser.parse_args(argv)
+    text = args.doc.read_text()
+    if START not in text or END not in text:
+        parser.error(f"--doc {args.doc} has no {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = head + generate(args.results) + tail
+    if args.check:
+        if new != text:
+            print(
+                f"{args.doc} is out of date: run python benchmarks/make_tables.py", file=sys.stderr
+            )
+            return 1
+        return 0
+    args.doc.write_text(new)
+    print(f"updated {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
