@@ -422,8 +422,8 @@ def test_npz_layout_wins_over_torchvision(tmp_path: Path) -> None:
 def test_class_balanced_subset_by_hand() -> None:
     targets = [0, 1, 0, 1, 2, 2, 0]
     # 3 classes, n=4: class 0 gets 2 of its 3 (indices 0, 2, 6), classes 1 and 2 get 1 each.
-    for given in (targets, torch.tensor(targets), np.array(targets)):
-        subset = class_balanced_subset(given, 4, seed=5)
+    for labels in (targets, torch.tensor(targets), np.array(targets)):
+        subset = class_balanced_subset(labels, 4, seed=5)
         assert Counter(targets[i] for i in subset) == {0: 2, 1: 1, 2: 1}
     assert sorted(class_balanced_subset(targets, 7, seed=3)) == list(range(7))
     with pytest.raises(ValueError, match="class 1 has 2 examples, fewer than its share of 3"):
