@@ -236,5 +236,5 @@ def plot_seeds(experiments: Sequence[ExperimentSeeds], path: PathLike) -> Path:
     ax.set_xlabel("test accuracy (%): dots are seeds, diamonds the mean ± 1 sd")
     ax.set_title("Best exact accuracy and original-method figure over seeds")
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=8, loc="lower right")
+    fig.legend(fontsize=8, loc="outside lower center", ncol=2)
     return _save(fig, path)
