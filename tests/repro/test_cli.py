@@ -155,10 +155,11 @@ def test_help_shows_one_default_per_flag(parser: Any, flag: str) -> None:
     assert entry.count("default:") == 1, entry
 
 
-def test_top_level_help_lists_both_commands(capsys: pytest.CaptureFixture[str]) -> None:
+def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "perturbnn-repro train" in out and "perturbnn-repro [reproduce]" in out
+    assert "perturbnn-repro train" in out and "perturbnn-repro reproduce" in out
+    assert "perturbnn-repro [demo]" in out
 
 
 # ------------------------------------------------------------------------ error wording
@@ -296,7 +297,7 @@ def test_scale_summary_counts_epochs_grammatically() -> None:
 
     one = dataclasses.replace(SCALES["cpu"], nepochs=1).summary_line()
     assert ", 1 epoch, " in one and "1 epochs" not in one
-    assert ", 10 epochs, " in SCALES["cpu"].summary_line()
+    assert f", {SCALES['cpu'].nepochs} epochs, " in SCALES["cpu"].summary_line()
 
 
 def test_reproduce_checks_the_options_before_printing(

@@ -24,6 +24,7 @@ from perturbnn.repro.data import (
     DATASETS,
     MNIST_MEAN,
     MNIST_STD,
+    TEST_SUBSET_SEED,
     ArrayImageDataset,
     DataCorruptError,
     DataNotFoundError,
@@ -420,13 +421,32 @@ def test_npz_layout_wins_over_torchvision(tmp_path: Path) -> None:
 
 def test_class_balanced_subset_by_hand() -> None:
     targets = [0, 1, 0, 1, 2, 2, 0]
-    # 3 classes, n=4: class 0 gets 2 (indices 0, 2), classes 1 and 2 get 1 (indices 1, 4).
-    assert class_balanced_subset(targets, 4) == [0, 1, 2, 4]
-    assert class_balanced_subset(torch.tensor(targets), 4) == [0, 1, 2, 4]
-    assert class_balanced_subset(np.array(targets), 2) == [0, 1]
-    assert class_balanced_subset(targets, 7) == list(range(7))
+    # 3 classes, n=4: class 0 gets 2 of its 3 (indices 0, 2, 6), classes 1 and 2 get 1 each.
+    for labels in (targets, torch.tensor(targets), np.array(targets)):
+        subset = class_balanced_subset(labels, 4, seed=5)
+        assert Counter(targets[i] for i in subset) == {0: 2, 1: 1, 2: 1}
+    assert sorted(class_balanced_subset(targets, 7, seed=3)) == list(range(7))
     with pytest.raises(ValueError, match="class 1 has 2 examples, fewer than its share of 3"):
         class_balanced_subset([0, 0, 0, 1, 1, 2, 2, 2, 2], 9)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        class_balanced_subset(targets, 4, seed=1.5)  # type: ignore[arg-type]
+
+
+def test_class_balanced_subset_seeded_and_shuffled() -> None:
+    # 10 classes of 1,000, stored class by class (the worst order for a prefix subset).
+    targets = np.repeat(np.arange(10), 1000)
+    subset = class_balanced_subset(targets, 2000, seed=0)
+    assert subset == class_balanced_subset(targets, 2000, seed=0)  # deterministic per seed
+    assert Counter(targets[subset].tolist()) == {c: 200 for c in range(10)}
+    other = class_balanced_subset(targets, 2000, seed=1)
+    assert set(other) != set(subset) and other != subset  # another seed, other images
+    # Shuffled: the last 10% (200 images) holds every class near its 20 (binomial sd ~4.2;
+    # 20 +- 13 is over 3 sd). The stored order would give 200 images of class 9 there.
+    tail = Counter(targets[subset[-200:]].tolist())
+    assert set(tail) == set(range(10))
+    assert all(7 <= tail[c] <= 33 for c in range(10)), tail
+    # Not sorted: the order is a permutation, not the data set's order.
+    assert subset != sorted(subset)
 
 
 @pytest.mark.parametrize(("n", "error"), [(0, ValueError), (8, ValueError), (2.0, TypeError)])
@@ -449,6 +469,7 @@ def test_class_balanced_subset_bad_targets() -> None:
 )
 def test_class_balanced_subset_properties(targets: list[int], data: st.DataObject) -> None:
     n = data.draw(st.integers(1, len(targets)), label="n")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
     classes = sorted(set(targets))
     available = {c: targets.count(c) for c in classes}
     shares = {
@@ -456,18 +477,15 @@ def test_class_balanced_subset_properties(targets: list[int], data: st.DataObjec
     }
     if any(available[c] < shares[c] for c in classes):
         with pytest.raises(ValueError, match="fewer than its share"):
-            class_balanced_subset(targets, n)
+            class_balanced_subset(targets, n, seed)
         return
-    subset = class_balanced_subset(targets, n)
+    subset = class_balanced_subset(targets, n, seed)
     assert len(subset) == n
-    assert subset == sorted(set(subset))
+    assert len(set(subset)) == n
     assert all(0 <= i < len(targets) for i in subset)
     counts = Counter(targets[i] for i in subset)
-    assert max(counts.values()) - min(counts[c] for c in classes) <= 1
-    for c in classes:
-        members = [i for i, t in enumerate(targets) if t == c]
-        assert [i for i in subset if targets[i] == c] == members[: shares[c]]
-    assert class_balanced_subset(targets, n) == subset
+    assert {c: counts[c] for c in classes} == shares
+    assert class_balanced_subset(targets, n, seed) == subset
 
 
 # --------------------------------------------------------------------------- make_loaders
@@ -491,8 +509,9 @@ def test_make_loaders_with_subsets(
     assert Counter(all_train_labels) == {c: 10 for c in range(10)}
     test_labels = torch.cat([y for _, y in test_loader]).tolist()
     assert Counter(test_labels) == {c: 5 for c in range(10)}
-    # The test loader keeps the subset's order (sorted original indices).
-    subset = class_balanced_subset(cifar_test.targets, 50)
+    # The test loader keeps the subset's (shuffled) order, drawn with the fixed test seed,
+    # whatever the run's seed.
+    subset = class_balanced_subset(cifar_test.targets, 50, TEST_SUBSET_SEED)
     assert test_labels == cifar_test.targets[subset].tolist()
 
 

@@ -149,8 +149,15 @@ def test_resume_without_the_bar_continues_the_same_run(tmp_path: Path) -> None:
     _run([*BASE, "--nepochs", "1", "--out-dir", str(split)], split)
     resumed = _run(
         [
-            "--resume", str(split / "checkpoint_last.pt"), "--nepochs", "2", "--no-progress",
-            "--data-dir", str(DATA_DIR), "--device", "cpu",
+            "--resume",
+            str(split / "checkpoint_last.pt"),
+            "--nepochs",
+            "2",
+            "--no-progress",
+            "--data-dir",
+            str(DATA_DIR),
+            "--device",
+            "cpu",
         ],  # machine options are not taken from the checkpoint
         split,
     )

@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any, Optional
 
 import pytest
@@ -466,7 +466,7 @@ def test_cpu_scale_widths_follow_the_presets(script: ModuleType) -> None:
     assert (full.nepochs, full.train_subset, full.test_subset) == (150, None, None)
     assert set(scales.CPU_COSTS) == set(list_experiments())
     total = sum(scales.predict_seconds(name, cpu) for name in list_experiments())
-    assert total < 50 * 60  # the cpu scale is sized for about 45 minutes
+    assert 30 * 60 < 3 * total < 40 * 60  # sized for about 35 minutes for three seeds
     assert scales.predict_seconds("baseline", full) is None  # no costs measured on a GPU
 
 
@@ -488,22 +488,39 @@ def test_finished_runs_are_skipped_and_mismatched_ones_refused(
     root = tmp_path / "runs"
     cpu = scales.SCALES["cpu"]
     settings = {**cpu.overrides("baseline"), "nepochs": cpu.nepochs}
-    write_run(
-        root,
-        "baseline",
-        [0.4] * cpu.nepochs,
-        [0.45] * cpu.nepochs,
-        config=RunConfig.from_experiment("baseline", **settings).to_dict(),
-    )
+    for seed in (1, 2):
+        write_run(
+            root / "baseline",
+            f"seed-{seed}",
+            [0.4 + 0.01 * seed] * cpu.nepochs,
+            [0.45] * cpu.nepochs,
+            config=RunConfig.from_experiment("baseline", **settings, manual_seed=seed).to_dict(),
+        )
+    trained: list[int] = []
 
-    def no_training(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("a finished run must be skipped")
+    def fake_training(config: RunConfig, **kwargs: Any) -> Any:
+        trained.append(config.manual_seed)
+        assert config.out_dir == str(root / "baseline" / f"seed-{config.manual_seed}")
+        write_run(
+            root / "baseline",
+            f"seed-{config.manual_seed}",
+            [0.5] * cpu.nepochs,
+            [0.55] * cpu.nepochs,
+            config=config.to_dict(),
+        )
+        return SimpleNamespace(best_acc=0.5, best_epoch=1, original_best_acc=0.55)
 
-    monkeypatch.setattr(script, "run_experiment", no_training)
+    monkeypatch.setattr(script, "run_experiment", fake_training)
     argv = ["--only", "baseline", "--out-dir", str(root), "--report", str(tmp_path / "r.md")]
     argv += ["--img-dir", str(tmp_path / "img"), "--data-dir", str(tmp_path / "no-data")]
-    assert script.main(argv) == 0
-    assert json.loads((root / "reproduce.json").read_text())["scale"] == "cpu"
+    assert script.main([*argv, "--seeds", "1", "2"]) == 0
+    assert trained == []  # both seeds had finished
+    # Adding a seed to the folder trains that seed only; the report covers all three.
+    assert script.main([*argv, "--seeds", "1", "2", "3"]) == 0
+    assert trained == [3]
+    manifest = json.loads((root / "reproduce.json").read_text())
+    assert manifest["scale"] == "cpu" and manifest["seeds"] == [1, 2, 3]
+    assert "| `baseline` | 3 |" in (tmp_path / "r.md").read_text()
     # The same folder at another scale is refused rather than mixed in.
     assert script.main([*argv, "--nepochs", "2"]) == 2
 
@@ -512,11 +529,11 @@ def test_finished_runs_are_skipped_and_mismatched_ones_refused(
 def test_end_to_end_on_real_cifar10(tmp_path: Path, script: ModuleType, data_dir: Path) -> None:
     pytest.importorskip("matplotlib")
     report = tmp_path / "report.md"
-    argv = ["--only", "baseline", "--nepochs", "1", "--train-subset", "40"]
+    argv = ["--only", "baseline", "--nepochs", "1", "--train-subset", "40", "--seeds", "1"]
     argv += ["--test-subset", "30", "--out-dir", str(tmp_path / "runs"), "--report", str(report)]
     argv += ["--img-dir", str(tmp_path / "img"), "--data-dir", str(data_dir)]
     assert script.main(argv) == 0
-    summary = json.loads((tmp_path / "runs" / "baseline" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "runs" / "baseline" / "seed-1" / "summary.json").read_text())
     assert summary["config"]["nfilters"] == 6 and summary["test_samples"] == 30
     cells = table_row(report.read_text(), "baseline")
     correct = round(summary["best_acc"] * 30)

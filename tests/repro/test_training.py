@@ -440,7 +440,9 @@ def test_seed_defaults_sgd_nesterov() -> None:
     assert (config.optim_method, config.learning_rate, config.batch_size) == ("SGD", 1e-3, 64)
     assert (config.nepochs, config.level, config.dropout, config.manual_seed) == (150, 0.5, 0.5, 1)
     assert (config.momentum, config.weight_decay) == (0.9, 1e-4)
-    group = make_optimizer(config.optim_method, tiny_model(), lr=config.learning_rate).param_groups[0]
+    group = make_optimizer(config.optim_method, tiny_model(), lr=config.learning_rate).param_groups[
+        0
+    ]
     assert group["nesterov"] is True and group["momentum"] == 0.9 and group["weight_decay"] == 1e-4
     adam = make_optimizer("Adam", tiny_model(), lr=1e-3).param_groups[0]
     assert adam["betas"] == (0.9, 0.999)

@@ -100,6 +100,8 @@ class PreparedRun:
         meta["train_samples"] = _sized(self.train_loader)
         meta["test_samples"] = _sized(self.test_loader)
         meta["world_size"] = self.distributed.world_size if self.distributed else 1
+        meta["torch_threads"] = torch.get_num_threads()  # results depend on it on the CPU
+        meta["torch_version"] = torch.__version__
         return meta
 
     def fit(self, *, logger: Optional[logging.Logger] = None) -> FitSummary:

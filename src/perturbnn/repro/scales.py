@@ -3,9 +3,11 @@ eight experiments, and the predicted time of each run.
 
 * ``cpu``: every preset's width divided by 8, rounded up (128 -> 16 filters, the baseline's
   44 -> 6, so that the parameter counts stay matched as in the seed), each preset's own batch
-  size and learning rate, 10 epochs on class-balanced subsets of 4,000 training and 2,000 test
-  images: all eight are predicted to take about 42 minutes on a 2-core CPU, from measured
-  per-image times (:data:`CPU_COSTS`).
+  size and learning rate, 5 epochs on class-balanced subsets of 2,000 training and 2,000 test
+  images: all eight are predicted to take about 12 minutes per seed on a 2-core CPU, 35 minutes
+  for the three seeds ``reproduce`` runs by default, from measured per-image times
+  (:data:`CPU_COSTS`). Until 0.x it was 10 epochs on 4,000 training images, one seed (42
+  minutes predicted): three seeds at that size would take over two hours.
 * ``full``: the seed's configuration (its widths, 150 epochs, all 50,000 training and 10,000
   test images); meant for a GPU.
 
@@ -96,7 +98,9 @@ _CPU_DESCRIPTION = (
     "(a binomial standard error of about {se:.1f} points near 50% accuracy). Chosen from "
     "per-image times measured on the 2-core CPU with `--estimate` (the fanout-64 experiments "
     "cost 11 to 18 ms per training image, the other five 1.6 to 2.9 ms) so that all eight are "
-    "predicted to take about {minutes:.0f} minutes. At this scale the networks are far from "
+    "predicted to take about {minutes:.0f} minutes per seed ({three:.0f} minutes for three "
+    "seeds; the spread over seeds is what tells a real difference from run-to-run noise, so "
+    "three seeds of a shorter training were preferred to one seed of a longer one). At this scale the networks are far from "
     "converged: absolute accuracies are not comparable with the seed's (150 epochs, all the "
     "data, about 8 times wider). What can be compared is the ordering of the eight after the "
     "same short training, and the metric error, since both figures come from the same run."
@@ -107,8 +111,8 @@ SCALES: dict[str, Scale] = {
     "cpu": Scale(
         name="cpu",
         width_factor=Fraction(1, 8),
-        nepochs=10,
-        train_subset=4000,
+        nepochs=5,
+        train_subset=2000,
         test_subset=2000,
         device="cpu",
         description="",  # filled in below, from _CPU_DESCRIPTION and the measured costs
@@ -138,6 +142,7 @@ def _cpu_description(scale: Scale) -> str:
         epochs=scale.nepochs,
         se=100 * math.sqrt(0.25 / scale.test_subset),
         minutes=minutes,
+        three=3 * minutes,
     )
 
 

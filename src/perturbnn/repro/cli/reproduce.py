@@ -3,17 +3,23 @@ experiments at one scale, then write the reproduction report (``examples/reprodu
 
 Each experiment is ``RunConfig.from_experiment(name, <scale>)`` then
 :func:`~perturbnn.repro.run.run_experiment`; the report comes from :mod:`perturbnn.repro.report`
-(table, orderings against the seed, metric error, plots). Every run writes ``log.jsonl``,
-``summary.json`` and checkpoints to ``<out-dir>/<experiment>/``; the report is then built from
-those files alone. The scales are in :mod:`perturbnn.repro.scales`.
+(mean and spread over seeds, comparisons with the seed, metric error, plots). Each experiment
+runs once per seed of ``--seeds`` (default ``1 2 3``: the report states every comparison with
+its run-to-run spread, which one seed cannot measure); the seed sets ``manual_seed``, hence the
+initial weights, the masks, the shuffling, the augmentation and the training subset (the test
+subset is the same for every run). Every run writes ``log.jsonl``, ``summary.json`` and
+checkpoints to ``<out-dir>/<experiment>/seed-<n>/``; the report is then built from those files
+alone. The scales are in :mod:`perturbnn.repro.scales`.
 
-An interrupted run continues where it stopped: experiments whose ``summary.json`` exists are
-skipped (``--force`` reruns them) and one with a ``checkpoint_last.pt`` of the same settings
-resumes from it.
+An interrupted run continues where it stopped, and seeds or experiments can be added to an
+existing output folder: a run (experiment and seed) whose ``summary.json`` exists is skipped
+(``--force`` reruns it) and one with a ``checkpoint_last.pt`` of the same settings resumes
+from it.
 
 Examples (from the repository root)::
 
-    perturbnn-repro                      # the same as: perturbnn-repro reproduce --scale cpu
+    perturbnn-repro reproduce            # --scale cpu --seeds 1 2 3
+    perturbnn-repro reproduce --seeds 4 5 --out-dir runs/reproduce   # two more seeds
     perturbnn-repro reproduce --estimate
     perturbnn-repro reproduce --report-only --out-dir runs/reproduce
     perturbnn-repro reproduce --scale full --out-dir runs/full \\
@@ -53,15 +59,21 @@ PROG = "perturbnn-repro reproduce"
 
 
 def print_budget(
-    names: Sequence[str], scale: Scale, costs: Optional[dict[str, tuple[float, float]]] = None
+    names: Sequence[str],
+    scale: Scale,
+    costs: Optional[dict[str, tuple[float, float]]] = None,
+    seeds: Sequence[int] = (1,),
 ) -> Optional[float]:
-    """Print the predicted time of each experiment and the total; return the total."""
+    """Print the predicted time of each experiment (all its seeds) and the total; return the
+    total in seconds (``None`` if a cost is not measured)."""
     echo(f"scale {scale.name}: {scale.summary_line()}")
+    echo(f"seeds: {' '.join(str(s) for s in seeds)} (every experiment runs once per seed)")
     width = max(len(n) for n in names)
-    echo(f"  {'experiment':<{width}}  width  batch  budget")
+    echo(f"  {'experiment':<{width}}  width  batch  budget (all seeds)")
     total: Optional[float] = 0.0
     for name in names:
-        seconds = predict_seconds(name, scale, costs)
+        one = predict_seconds(name, scale, costs)
+        seconds = None if one is None else one * len(seeds)
         exp = EXPERIMENTS[name]
         budget = format_duration(seconds) if seconds is not None else "not measured"
         echo(
@@ -79,15 +91,22 @@ def print_budget(
     return total
 
 
+def run_folder(out_dir: Path, name: str, seed: int) -> Path:
+    """Where the run of preset ``name`` with seed ``seed`` writes: ``out_dir/name/seed-<seed>``."""
+    return out_dir / name / f"seed-{seed}"
+
+
 def make_config(
-    name: str, scale: Scale, *, data_dir: str, out_dir: Path, progress: bool
+    name: str, scale: Scale, *, data_dir: str, out_dir: Path, progress: bool, seed: int = 1
 ) -> RunConfig:
-    """The run of preset ``name`` at ``scale``, writing to ``out_dir / name``."""
+    """The run of preset ``name`` at ``scale`` with ``manual_seed=seed``, writing to
+    :func:`run_folder` ``(out_dir, name, seed)``."""
     return RunConfig.from_experiment(
         name,
         **scale.overrides(name),
+        manual_seed=seed,
         data_dir=data_dir,
-        out_dir=str(out_dir / name),
+        out_dir=str(run_folder(out_dir, name, seed)),
         progress=progress,
     )
 
@@ -155,6 +174,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--report", default="docs/reproduction.md", help="markdown to write")
     parser.add_argument("--img-dir", default="docs/img", help="where the PNG plots go")
     parser.add_argument(
+        "--conclusions",
+        default="docs/reproduction_conclusions.md",
+        help="hand-written markdown included at the top of the report under 'What we "
+        "conclude' (never written by this command; '' for none)",
+    )
+    parser.add_argument(
         "--gpu-runs",
         default="docs/data/gpu_h200_runs.json",
         help="JSON of short seed-width GPU runs to add to the report if the file exists ('' for none)",
@@ -165,6 +190,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         metavar="NAME",
         type=choice(list_experiments(), what="experiment"),
         help="run only these experiments (the report covers every run in --out-dir)",
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[1, 2, 3],
+        metavar="N",
+        help="run every experiment once per seed (manual_seed); default: 1 2 3",
     )
     parser.add_argument(
         "--report-only", action="store_true", help="no training: rebuild the report from the logs"
@@ -242,8 +275,17 @@ def _rounded(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else round(seconds, 1)
 
 
-def _write_manifest(out_dir: Path, scale: Scale, command: str, budget: dict[str, Any]) -> None:
+def _write_manifest(
+    out_dir: Path, scale: Scale, command: str, budget: dict[str, Any], seeds: Sequence[int]
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "reproduce.json"
+    previous: list[int] = []
+    if path.is_file():  # seeds added to a folder: the report covers all of them
+        try:
+            previous = [int(s) for s in json.loads(path.read_text()).get("seeds", [])]
+        except (ValueError, TypeError, AttributeError):
+            previous = []
     manifest = {
         "scale": scale.name,
         "description": scale.description,
@@ -254,24 +296,32 @@ def _write_manifest(out_dir: Path, scale: Scale, command: str, budget: dict[str,
             "test_subset": scale.test_subset,
             "device": scale.device,
         },
+        "seeds": sorted(set(previous) | set(seeds)),
         "command": command,
         "budget_s": budget,
     }
     (out_dir / "reproduce.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
-def train_all(names: Sequence[str], scale: Scale, args: argparse.Namespace, out_dir: Path) -> int:
-    """Run (or skip, or resume) each experiment; return 0, or 1 if one failed."""
+def train_all(
+    names: Sequence[str],
+    scale: Scale,
+    args: argparse.Namespace,
+    out_dir: Path,
+    seeds: Sequence[int] = (1,),
+) -> int:
+    """Run (or skip, or resume) each experiment once per seed; return 0, or 1 if one failed."""
     status = 0
     started = time.perf_counter()
-    for position, name in enumerate(names, start=1):
+    jobs = [(name, seed) for name in names for seed in seeds]
+    for position, (name, seed) in enumerate(jobs, start=1):
         config = make_config(
-            name, scale, data_dir=args.data_dir, out_dir=out_dir, progress=args.progress
+            name, scale, data_dir=args.data_dir, out_dir=out_dir, progress=args.progress, seed=seed
         )
-        run_dir = out_dir / name
+        run_dir = run_folder(out_dir, name, seed)
         wanted = _experiment_fields(_plain(config))
         summary_path = run_dir / SUMMARY_FILE
-        echo(f"\n[{position}/{len(names)}] {name}")
+        echo(f"\n[{position}/{len(jobs)}] {name}, seed {seed}")
         if summary_path.is_file() and not args.force:
             saved = _experiment_fields(json.loads(summary_path.read_text()).get("config", {}))
             differences = _differences(saved, wanted)
@@ -305,8 +355,9 @@ def train_all(names: Sequence[str], scale: Scale, args: argparse.Namespace, out_
         took = time.perf_counter() - began
         budget = f" (budget {format_duration(predicted)})" if predicted is not None else ""
         echo(
-            f"  {name}: best exact {summary.best_acc:.2%} (epoch {summary.best_epoch}), "
-            f"original-method {summary.original_best_acc:.2%}, in {format_duration(took)}{budget}"
+            f"  {name}, seed {seed}: best exact {summary.best_acc:.2%} (epoch "
+            f"{summary.best_epoch}), original-method {summary.original_best_acc:.2%}, in "
+            f"{format_duration(took)}{budget}"
         )
     echo(f"\ntraining took {format_duration(time.perf_counter() - started)} in all")
     return status
@@ -326,6 +377,9 @@ def main(argv: Optional[Sequence[str]] = None, *, command: str = PROG) -> int:
     args = parser.parse_args(arguments)
     out_dir = Path(args.out_dir)
     names = list(args.only) if args.only else list_experiments()
+    seeds = list(dict.fromkeys(args.seeds))  # in the order given, once each
+    if any(seed < 0 for seed in seeds):
+        parser.error(f"argument --seeds: seeds must be >= 0, got {args.seeds}")
     status = 0
 
     if not args.report_only:
@@ -335,7 +389,15 @@ def main(argv: Optional[Sequence[str]] = None, *, command: str = PROG) -> int:
             parser.error(str(exc))
         try:  # every run's options, checked before anything is printed or written
             for name in names:
-                make_config(name, scale, data_dir=args.data_dir, out_dir=out_dir, progress=False)
+                for seed in seeds:
+                    make_config(
+                        name,
+                        scale,
+                        data_dir=args.data_dir,
+                        out_dir=out_dir,
+                        progress=False,
+                        seed=seed,
+                    )
         except (TypeError, ValueError) as exc:
             echo(f"error: {name_flags(str(exc), flags)}", err=True)
             return 2
@@ -347,20 +409,20 @@ def main(argv: Optional[Sequence[str]] = None, *, command: str = PROG) -> int:
                 echo(f"error: {name_flags(str(exc), flags)}", err=True)
                 return 2
             echo()
-            print_budget(names, scale, costs)
+            print_budget(names, scale, costs, seeds)
             echo("\nCPU_COSTS = {")
             for name, (train_s, test_s) in costs.items():
                 echo(f'    "{name}": ({train_s:.5f}, {test_s:.5f}),')
             echo("}")
             return 0
-        total = print_budget(names, scale)
+        total = print_budget(names, scale, seeds=seeds)
         if total is not None and total > 3600:
             echo("warning: the predicted total is over one hour", err=True)
         budget = {name: _rounded(predict_seconds(name, scale)) for name in names}
-        _write_manifest(out_dir, scale, f"{command} {shlex.join(arguments)}".strip(), budget)
+        _write_manifest(out_dir, scale, f"{command} {shlex.join(arguments)}".strip(), budget, seeds)
         log_to_stdout()
         try:
-            status = train_all(names, scale, args, out_dir)
+            status = train_all(names, scale, args, out_dir, seeds)
         except KeyboardInterrupt:
             echo(
                 "\ninterrupted; run the same command again to continue (finished experiments "
@@ -380,6 +442,7 @@ def main(argv: Optional[Sequence[str]] = None, *, command: str = PROG) -> int:
             args.img_dir,
             metric_run=args.metric_run,
             gpu_runs=gpu_runs if gpu_runs is not None and gpu_runs.is_file() else None,
+            conclusions=args.conclusions or None,
         )
     except (FileNotFoundError, ValueError, ImportError) as exc:
         echo(f"error: {name_flags(str(exc), flags)}", err=True)
@@ -387,6 +450,13 @@ def main(argv: Optional[Sequence[str]] = None, *, command: str = PROG) -> int:
     echo(
         f"\nreport: {report.markdown} ({plural(len(report.runs), 'run')}); plots in {args.img_dir}"
     )
-    for finding in report.findings:
-        echo(f"  {finding.verdict}: {finding.claim}")
+    if report.comparisons:
+        echo(f"over {plural(len({s for e in report.experiments for s in e.seeds}), 'seed')}:")
+        for comparison in report.comparisons:
+            echo(
+                f"  {comparison.verdict}: {comparison.label} ({comparison.difference:+.2f} points)"
+            )
+    else:
+        for finding in report.findings:
+            echo(f"  {finding.verdict}: {finding.claim}")
     return status

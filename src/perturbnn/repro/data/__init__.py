@@ -41,7 +41,12 @@ from perturbnn.repro.data.files import (
     load_dataset,
     resolve_data_dir,
 )
-from perturbnn.repro.data.loaders import class_balanced_subset, dataset_classes, make_loaders
+from perturbnn.repro.data.loaders import (
+    TEST_SUBSET_SEED,
+    class_balanced_subset,
+    dataset_classes,
+    make_loaders,
+)
 from perturbnn.repro.data.seeding import SeededAugmentation, set_loader_epoch
 
 __all__ = [
@@ -51,6 +56,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "MNIST_MEAN",
     "MNIST_STD",
+    "TEST_SUBSET_SEED",
     "ArrayImageDataset",
     "DataCorruptError",
     "DataNotFoundError",

@@ -21,35 +21,53 @@ from perturbnn.repro.data.files import (
 )
 from perturbnn.repro.data.seeding import SeededAugmentation
 
-__all__ = ["class_balanced_subset", "dataset_classes", "make_loaders"]
+__all__ = ["TEST_SUBSET_SEED", "class_balanced_subset", "dataset_classes", "make_loaders"]
 
 logger = logging.getLogger(__name__)
 StrPath = Union[str, "os.PathLike[str]"]
 
 
-def class_balanced_subset(targets: Union[Tensor, npt.ArrayLike], n: int) -> list[int]:
-    """Pick ``n`` indices, as evenly as possible over the classes, deterministically.
+#: Seed of every test subset: fixed, so that every run of every seed is tested on the same
+#: images (differences between runs are then differences between the networks, not between
+#: test sets). Training subsets are drawn with the run's own seed (``manual_seed``).
+TEST_SUBSET_SEED = 0
+
+
+def class_balanced_subset(
+    targets: Union[Tensor, npt.ArrayLike], n: int, seed: int = TEST_SUBSET_SEED
+) -> list[int]:
+    """Draw ``n`` indices, as evenly as possible over the classes, with a seed, shuffled.
 
     With ``K`` distinct labels in ``targets``, each class gets ``n // K`` examples and the
-    ``n % K`` classes with the lowest labels get one more. Each class contributes its first
-    examples in the original order. The result is sorted.
+    ``n % K`` classes with the lowest labels get one more. The examples of a class are drawn
+    at random without replacement (``numpy.random.default_rng(seed)``), and the ``n`` indices
+    are returned in a random order, so that every stretch of the order (every test batch, the
+    last batches in particular) is as representative of the classes as a stretch of the
+    shuffled full data set. The same ``targets``, ``n`` and ``seed`` always give the same list.
+
+    The reproduction draws the training subset with the run's ``manual_seed`` (runs of
+    different seeds train on different images, so their spread includes that of the data) and
+    the test subset with the fixed :data:`TEST_SUBSET_SEED` (every run is tested on the same
+    images).
 
     Args:
         targets: labels ``Tensor[N]`` (or an array or sequence) of an integer dtype.
         n: number of indices, ``1 <= n <= N``.
+        seed: seed of the draw and of the order. Default: :data:`TEST_SUBSET_SEED`.
 
     Returns:
-        list[int]: ``n`` sorted, distinct indices into ``targets``.
+        list[int]: ``n`` distinct indices into ``targets``, in a shuffled order.
 
     Raises:
-        TypeError: if ``n`` is not an int.
+        TypeError: if ``n`` or ``seed`` is not an int.
         ValueError: if ``targets`` is not 1-D integer, ``n`` is out of range, or a class has
             fewer examples than its share.
 
     Example::
 
-        >>> class_balanced_subset([0, 1, 0, 1, 2, 2, 0], 4)
-        [0, 1, 2, 4]
+        >>> labels = [0, 1, 0, 1, 2, 2, 0]
+        >>> sorted(labels[i] for i in class_balanced_subset(labels, 4, seed=1))
+        [0, 0, 1, 2]
     """
     labels = targets.detach().cpu().numpy() if isinstance(targets, Tensor) else np.asarray(targets)
     if labels.ndim != 1 or (labels.size > 0 and not np.issubdtype(labels.dtype, np.integer)):
@@ -58,8 +76,11 @@ def class_balanced_subset(targets: Union[Tensor, npt.ArrayLike], n: int) -> list
         )
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"n must be an int, got {type(n).__name__} {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     if not 1 <= n <= labels.shape[0]:
         raise ValueError(f"n must be in 1..{labels.shape[0]} (the number of targets), got {n}")
+    rng = np.random.default_rng(int(seed))
     classes = np.unique(labels)
     base, extra = divmod(int(n), len(classes))
     chosen = []
@@ -71,8 +92,9 @@ def class_balanced_subset(targets: Union[Tensor, npt.ArrayLike], n: int) -> list
                 f"class {cls} has {members.shape[0]} examples, fewer than its share of {share} "
                 f"for n={n} over {len(classes)} classes"
             )
-        chosen.append(members[:share])
-    return sorted(int(i) for i in np.concatenate(chosen))
+        chosen.append(rng.choice(members, size=share, replace=False))
+    picked = np.concatenate(chosen)
+    return [int(i) for i in picked[rng.permutation(picked.shape[0])]]
 
 
 def dataset_classes(dataset: Dataset[Any]) -> Optional[list[str]]:
@@ -99,7 +121,7 @@ def _image_shape(dataset: Dataset[Any], which: str) -> tuple[int, ...]:
     return tuple(dataset[0][0].shape)
 
 
-def _subset(dataset: Dataset[Any], n: Optional[int], which: str) -> Dataset[Any]:
+def _subset(dataset: Dataset[Any], n: Optional[int], which: str, seed: int) -> Dataset[Any]:
     if n is None:
         return dataset
     targets = getattr(dataset, "targets", None)
@@ -110,7 +132,7 @@ def _subset(dataset: Dataset[Any], n: Optional[int], which: str) -> Dataset[Any]
         raise ValueError(
             f"{which}_subset must be in 1..{size} (the size of the {which} set), got {n}"
         )
-    return Subset(dataset, class_balanced_subset(targets, n))
+    return Subset(dataset, class_balanced_subset(targets, n, seed))
 
 
 def make_loaders(
@@ -144,9 +166,9 @@ def make_loaders(
         dataset_test: the same for the test split.
         data_dir: where to load named data sets from; see :func:`load_dataset`.
         batch_size: examples per batch, positive.
-        train_subset: if given, train on :func:`class_balanced_subset` ``(targets, n)`` of
-            the training set only (needs a ``.targets`` attribute).
-        test_subset: the same for the test set.
+        train_subset: if given, train on :func:`class_balanced_subset` ``(targets, n, seed)``
+            of the training set only (needs a ``.targets`` attribute).
+        test_subset: the same for the test set, drawn with the fixed :data:`TEST_SUBSET_SEED`.
         num_workers: loader worker processes. Default: ``0``.
         seed: seed of the shuffling generator and of the augmentation. Default: ``1``.
         drop_last: drop an incomplete last training batch. Default: ``False``.
@@ -207,8 +229,8 @@ def make_loaders(
         raise ValueError(
             f"train and test images must have the same shape, got {shape_train} and {shape_test}"
         )
-    train_set = SeededAugmentation(_subset(train_set, train_subset, "train"), seed)
-    test_set = _subset(test_set, test_subset, "test")
+    train_set = SeededAugmentation(_subset(train_set, train_subset, "train", seed), seed)
+    test_set = _subset(test_set, test_subset, "test", TEST_SUBSET_SEED)
     if not drop_last and train_sampler is None and len(train_set) % batch_size == 1:
         drop_last = len(train_set) > 1
         logger.info(

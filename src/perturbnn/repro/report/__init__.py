@@ -40,7 +40,12 @@ from perturbnn.repro.report.findings import (
 )
 from perturbnn.repro.report.format import format_duration, format_percent, image_name
 from perturbnn.repro.report.markdown import gpu_runs_section, render_markdown
-from perturbnn.repro.report.plots import plot_comparison, plot_metric_error, plot_run
+from perturbnn.repro.report.plots import (
+    plot_comparison,
+    plot_metric_error,
+    plot_run,
+    plot_seeds,
+)
 from perturbnn.repro.report.runs import (
     LOG_FILE,
     MANIFEST_FILE,
@@ -51,17 +56,31 @@ from perturbnn.repro.report.runs import (
     load_runs,
     seed_scale_counts,
 )
+from perturbnn.repro.report.seeds import (
+    Comparison,
+    ExperimentSeeds,
+    Spread,
+    compare_over_seeds,
+    load_seed_runs,
+    seeds_markdown,
+    spread,
+    verdict,
+)
 
 __all__ = [
     "ABOUT_EQUAL_POINTS",
     "LOG_FILE",
     "MANIFEST_FILE",
     "SUMMARY_FILE",
+    "Comparison",
+    "ExperimentSeeds",
     "Finding",
     "MetricError",
     "Report",
     "RunLog",
+    "Spread",
     "build_report",
+    "compare_over_seeds",
     "compare_with_seed",
     "format_duration",
     "format_percent",
@@ -70,10 +89,15 @@ __all__ = [
     "load_manifest",
     "load_run",
     "load_runs",
+    "load_seed_runs",
     "metric_error",
     "plot_comparison",
     "plot_metric_error",
     "plot_run",
+    "plot_seeds",
     "render_markdown",
     "seed_scale_counts",
+    "seeds_markdown",
+    "spread",
+    "verdict",
 ]

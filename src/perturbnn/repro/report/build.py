@@ -28,11 +28,18 @@ from perturbnn.repro.report.plots import (
     plot_comparison,
     plot_metric_error,
     plot_run,
+    plot_seeds,
 )
 from perturbnn.repro.report.runs import (
     RunLog,
     load_manifest,
-    load_runs,
+)
+from perturbnn.repro.report.seeds import (
+    Comparison,
+    ExperimentSeeds,
+    compare_over_seeds,
+    load_seed_runs,
+    seeds_markdown,
 )
 
 __all__ = ["Report", "build_report"]
@@ -62,10 +69,27 @@ class Report:
     runs: list[RunLog] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     metric: Optional[MetricError] = None
+    experiments: list[ExperimentSeeds] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
 
 
 def _relative(target: Path, start: Path) -> str:
     return Path(os.path.relpath(target.resolve(), start.resolve())).as_posix()
+
+
+_SEEDS_IMAGE = "seeds.png"
+
+
+def _conclusions(path: Optional[PathLike]) -> Optional[str]:
+    if path is None:
+        return None
+    source = Path(path)
+    if source.is_file():
+        return source.read_text(encoding="utf-8")
+    return (
+        f"*Not written yet: the maintainers write this section by hand in `{source.as_posix()}` "
+        "after reading the runs below; the generator includes that file here verbatim.*"
+    )
 
 
 def build_report(
@@ -77,6 +101,7 @@ def build_report(
     metric_run: Optional[str] = None,
     plots: bool = True,
     gpu_runs: Optional[PathLike] = None,
+    conclusions: Optional[PathLike] = None,
 ) -> Report:
     """Read the runs under ``out_dir`` and write the markdown report and its plots.
 
@@ -90,6 +115,14 @@ def build_report(
         plots (bool): write the plots (needs matplotlib). Default: ``True``.
         gpu_runs (str or os.PathLike, optional): a JSON file of short seed-width GPU runs to
             add as a section (see :func:`gpu_runs_section`).
+        conclusions (str or os.PathLike, optional): a hand-written markdown file, included
+            verbatim at the top under "What we conclude" (a placeholder says so while the file
+            does not exist). It is never written here, so it survives regenerations.
+
+    Runs are read as ``out_dir/<experiment>/seed-<n>/`` (and, from older folders,
+    ``out_dir/<experiment>/``). With two or more seeds the report starts with the mean and
+    spread over seeds and the seed's comparisons stated with it
+    (:mod:`perturbnn.repro.report.seeds`); the per-run sections then show the smallest seed.
 
     Returns:
         Report: the files written and what they were built from.
@@ -101,7 +134,14 @@ def build_report(
     """
     root = Path(out_dir)
     wanted = list(names) if names is not None else None
-    runs = load_runs(root, wanted)
+    experiments = [e for e in load_seed_runs(root) if wanted is None or e.name in set(wanted)]
+    all_seeds = sorted({s for e in experiments for s in e.seeds})
+    several = any(len(e.seeds) > 1 for e in experiments)
+    detail_seed = all_seeds[0] if all_seeds else None
+    runs = [
+        e.runs[detail_seed] if detail_seed in e.runs else e.runs[e.seeds[0]] for e in experiments
+    ]
+    comparisons = compare_over_seeds(experiments) if several else []
     if not runs:
         raise ValueError(f"no run with a logged epoch in {str(root)!r}")
     metric = metric_error(runs, metric_run)
@@ -117,6 +157,8 @@ def build_report(
             targets[run.name] = plot_run(run, images_dir / image_name(run.name))
         if metric is not None:
             targets["metric"] = plot_metric_error(metric, images_dir / _METRIC_IMAGE)
+        if several:
+            targets["seeds"] = plot_seeds(experiments, images_dir / _SEEDS_IMAGE)
         written = list(targets.values())
         links = {key: _relative(path, markdown.parent) for key, path in targets.items()}
     present = {run.name for run in runs}
@@ -129,6 +171,9 @@ def build_report(
         manifest=load_manifest(root),
         source=root.as_posix(),
         missing=missing,
+        conclusions=_conclusions(conclusions),
+        over_seeds=seeds_markdown(experiments, comparisons, links.get("seeds")) if several else (),
+        detail_seed=detail_seed if several else None,
     )
     if gpu_runs is not None:
         text += "\n" + "\n".join(gpu_runs_section(gpu_runs)) + "\n"
@@ -140,4 +185,6 @@ def build_report(
         runs=runs,
         findings=compare_with_seed(runs),
         metric=metric,
+        experiments=experiments,
+        comparisons=comparisons,
     )

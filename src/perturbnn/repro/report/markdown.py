@@ -168,6 +168,9 @@ def render_markdown(
     manifest: Optional[Mapping[str, Any]] = None,
     source: Optional[str] = None,
     missing: Sequence[str] = (),
+    conclusions: Optional[str] = None,
+    over_seeds: Sequence[str] = (),
+    detail_seed: Optional[int] = None,
 ) -> str:
     """The report as markdown.
 
@@ -180,6 +183,12 @@ def render_markdown(
             ``command``).
         source (str, optional): the output folder, as shown in the text.
         missing (Sequence[str]): presets that have no run in the folder.
+        conclusions (str, optional): hand-written markdown put first, under "What we
+            conclude" (kept across regenerations: it lives in its own file).
+        over_seeds (Sequence[str]): the over-seeds section's lines
+            (:func:`~perturbnn.repro.report.seeds.seeds_markdown`), put before the results.
+        detail_seed (int, optional): the seed whose runs ``runs`` are, when there are several
+            seeds (the per-run sections then say so).
 
     Returns:
         str: the markdown text, ending with a newline.
@@ -195,6 +204,8 @@ def render_markdown(
         + " (each run's `log.jsonl` and `summary.json`); do not edit by hand. Rebuild it from "
         "the same logs with `--report-only`."
     )
+    if conclusions is not None:
+        lines += ["", "## What we conclude", "", conclusions.strip()]
     if command:
         lines += ["", "Command:", "", "```", str(command), "```"]
     lines += ["", "## Scale", ""]
@@ -210,10 +221,22 @@ def render_markdown(
         ]
     if missing:
         lines += ["", f"Not run (no log in the folder): {', '.join(f'`{m}`' for m in missing)}."]
+    if over_seeds:
+        lines += ["", *over_seeds]
     lines += [
         "",
-        "## Results",
+        "## Results" + (f" of seed {detail_seed}" if detail_seed is not None else ""),
         "",
+        *(
+            [
+                f"One run per experiment, the runs of seed {detail_seed}; the sections below "
+                "(orderings, curves, metric error) are about these runs alone. The spread "
+                "over seeds is in *Over seeds* above.",
+                "",
+            ]
+            if detail_seed is not None
+            else []
+        ),
         *_results_table(runs),
         "",
         "- *Seed reports*: the test accuracy the seed's notes give (150 epochs, all 50,000 "

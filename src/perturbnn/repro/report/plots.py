@@ -16,8 +16,9 @@ from perturbnn.repro.report.format import (
 from perturbnn.repro.report.runs import (
     RunLog,
 )
+from perturbnn.repro.report.seeds import ExperimentSeeds
 
-__all__ = ["plot_comparison", "plot_metric_error", "plot_run"]
+__all__ = ["plot_comparison", "plot_metric_error", "plot_run", "plot_seeds"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -192,4 +193,48 @@ def plot_metric_error(metric: MetricError, path: PathLike) -> Path:
     bottom.set_xlabel("epoch")
     bottom.set_ylabel("original - exact (points)")
     bottom.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_seeds(experiments: Sequence[ExperimentSeeds], path: PathLike) -> Path:
+    """Plot, per experiment, each seed's best exact accuracy and original-method figure
+    (dots) with their means and standard deviations (bars), one row per experiment.
+
+    Args:
+        experiments (Sequence[ExperimentSeeds]): the experiments and their runs by seed.
+        path (str or os.PathLike): the PNG file to write.
+
+    Returns:
+        Path: ``path``.
+
+    Raises:
+        ImportError: if matplotlib is not installed.
+    """
+    fig = _figure(figsize=(7.5, 0.55 * len(experiments) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    names = [e.name for e in experiments]
+    rows = list(range(len(experiments)))[::-1]
+    for offset, (label, attr, color) in enumerate(
+        (("best exact", "best", "tab:blue"), ("original-method figure", "original", "tab:red"))
+    ):
+        for row, entry in zip(rows, experiments):
+            figure = getattr(entry, attr)
+            y = row + (0.15 if offset == 0 else -0.15)
+            ax.plot(figure.values, [y] * figure.n, "o", color=color, alpha=0.45, ms=4)
+            err = figure.sd if figure.n > 1 else 0.0
+            ax.errorbar(
+                [figure.mean],
+                [y],
+                xerr=[err],
+                fmt="D",
+                color=color,
+                ms=6,
+                capsize=4,
+                label=label if row == rows[0] else None,
+            )
+    ax.set_yticks(rows, names)
+    ax.set_xlabel("test accuracy (%): dots are seeds, diamonds the mean ± 1 sd")
+    ax.set_title("Best exact accuracy and original-method figure over seeds")
+    ax.grid(alpha=0.3, axis="x")
+    fig.legend(fontsize=8, loc="outside lower center", ncol=2)
     return _save(fig, path)
