@@ -28,6 +28,7 @@ from perturbnn.repro.runtime import (
     DeviceLike,
     LossFn,
     _device_of,
+    adapt_threads,
 )
 from perturbnn.repro.signals import StopOnSignal, TrainingInterrupted
 
@@ -106,6 +107,7 @@ def train_one_epoch(
     for inputs, targets, bar in _batches(
         loader, dev, progress=progress, desc=f"epoch {epoch} train"
     ):
+        adapt_threads()  # fewer threads while other processes keep the CPUs busy
         optimizer.zero_grad(set_to_none=True)
         outputs = model(inputs)
         loss = criterion(outputs, targets)
@@ -206,6 +208,7 @@ def evaluate(
     try:
         with torch.no_grad():
             for inputs, targets, _ in _batches(loader, dev, progress=progress, desc="test"):
+                adapt_threads()
                 outputs = model(inputs)
                 loss_sum += criterion(outputs, targets).to(torch.float64) * targets.shape[0]
                 accuracy.update(outputs, targets)

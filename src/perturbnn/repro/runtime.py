@@ -1,20 +1,46 @@
-"""Process set-up shared by the harness: logging to stdout, seeds, devices and type aliases.
+"""Process set-up shared by the harness: logging to stdout, seeds, devices, threads, type aliases.
+
+The thread count (:func:`configure_threads`) is chosen from what the process can see (its
+affinity mask, a cgroup CPU quota; ``OMP_NUM_THREADS`` and ``torch.set_num_threads`` set by the
+user win) and lowered while other processes keep the CPUs busy (:class:`ContentionGuard`); see
+docs/performance.md, "Sharing the CPU".
 
 Source: the seed's ``main.py`` (``--manual-seed``, ``--device``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import random
 import sys
-from typing import Callable, Union
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["log_to_stdout", "resolve_device", "set_seed"]
+__all__ = [
+    "THREAD_ENV_VARS",
+    "ContentionGuard",
+    "ThreadPlan",
+    "adapt_threads",
+    "available_cpus",
+    "cgroup_cpu_quota",
+    "check_threads",
+    "choose_threads",
+    "configure_threads",
+    "log_to_stdout",
+    "resolve_device",
+    "set_seed",
+    "threads_for_run",
+]
+
+_LOGGER = logging.getLogger(__name__)
 
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -90,3 +116,359 @@ def resolve_device(device: DeviceLike = "auto") -> torch.device:
 
 def _device_of(device: DeviceLike) -> torch.device:
     return resolve_device(device) if isinstance(device, str) else device
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads: how many, chosen from what the process can see, and lowered while others are busy.
+# ---------------------------------------------------------------------------------------------
+
+#: Environment variables through which a user fixes the number of threads (torch reads them).
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+_CGROUP_V2_MAX = "/sys/fs/cgroup/cpu.max"
+_CGROUP_V1_QUOTA = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+_CGROUP_V1_PERIOD = "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
+
+
+def _read_text(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="ascii") as file:
+            return file.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def cgroup_cpu_quota(
+    read: Callable[[str], Optional[str]] = _read_text,
+) -> Optional[float]:
+    """The CPU quota of this process's control group, in CPUs (``1.5``), or ``None`` if unlimited.
+
+    Reads cgroup v2 ``cpu.max`` (``"150000 100000"``, or ``"max 100000"``), else cgroup v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (a quota of ``-1`` is unlimited), as a container
+    runtime (``docker run --cpus``) sets them.
+
+    Args:
+        read: reads a file's text, ``None`` when it is missing (a seam for the tests).
+    """
+    text = read(_CGROUP_V2_MAX)
+    if text is not None:
+        parts = text.split()
+        if len(parts) == 2 and parts[0] != "max":
+            try:
+                return max(int(parts[0]) / int(parts[1]), 0.01)
+            except (ValueError, ZeroDivisionError):
+                return None
+        return None
+    quota, period = read(_CGROUP_V1_QUOTA), read(_CGROUP_V1_PERIOD)
+    if quota is None or period is None:
+        return None
+    try:
+        q, p = int(quota.strip()), int(period.strip())
+    except ValueError:
+        return None
+    return None if q <= 0 or p <= 0 else max(q / p, 0.01)
+
+
+def _affinity() -> set[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))  # pragma: no cover - macOS, Windows
+
+
+def available_cpus(
+    affinity: Optional[set[int]] = None, quota: Optional[float] = None, *, read_quota: bool = True
+) -> int:
+    """CPUs this process may use: its affinity mask (``taskset``), capped by a cgroup quota.
+
+    Args:
+        affinity: the CPUs the process may run on (default: ``os.sched_getaffinity(0)``).
+        quota: the cgroup quota in CPUs (default: :func:`cgroup_cpu_quota` if ``read_quota``).
+        read_quota: read the quota from the cgroup files when ``quota`` is ``None``.
+
+    Returns:
+        int: at least 1; a fractional quota rounds up (1.5 CPUs -> 2).
+    """
+    cpus = len(_affinity() if affinity is None else affinity)
+    if quota is None and read_quota:
+        quota = cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota - 1e-9))
+    return max(1, cpus)
+
+
+def _physical_cores() -> Optional[int]:
+    """Physical cores listed in ``/proc/cpuinfo`` (what torch's default thread count follows)."""
+    text = _read_text("/proc/cpuinfo")
+    if not text:
+        return None
+    cores: set[tuple[str, str]] = set()
+    physical = core = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            physical = value.strip()
+        elif key == "core id":
+            core = value.strip()
+            cores.add((physical, core))
+    return len(cores) or None
+
+
+def _torch_defaults(available: int) -> set[int]:
+    """Thread counts torch may have chosen by itself at start (one per core, logical or not)."""
+    counts = {available, len(_affinity()), os.cpu_count() or 1}
+    physical = _physical_cores()
+    if physical:
+        counts.add(physical)
+    return counts
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """The number of compute threads of a run and where it comes from.
+
+    Attributes:
+        threads (int): intra-op threads (``torch.set_num_threads``).
+        source (str): ``"--threads"``, the environment variable (``"OMP_NUM_THREADS"``),
+            ``"torch.set_num_threads"`` (set by the user before the run), or ``"available"``
+            (the CPUs this process may use: affinity mask and cgroup quota).
+        available (int): :func:`available_cpus`.
+        adaptive (bool): the count drops while other processes keep the CPUs busy, and comes
+            back when they stop (only when nobody chose the count: ``source == "available"``).
+    """
+
+    threads: int
+    source: str
+    available: int
+    adaptive: bool
+
+    def describe(self) -> str:
+        """One line for the command line's output."""
+        what = {
+            "--threads": "--threads",
+            "torch.set_num_threads": "set by torch.set_num_threads before the run",
+            "available": f"the CPUs this process may use: {self.available}",
+        }.get(self.source, f"{self.source}={os.environ.get(self.source, '?')}")
+        line = f"threads: {self.threads} ({what})"
+        if self.adaptive and self.threads > 1:
+            line += "; fewer while other processes keep the CPUs busy"
+        return line
+
+
+def check_threads(threads: object, *, name: str = "threads") -> int:
+    """``threads`` as a positive int.
+
+    Raises:
+        TypeError: if it is not an int (``bool`` included).
+        ValueError: if it is not positive.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise TypeError(f"{name} must be a positive int, got {type(threads).__name__} {threads!r}")
+    if threads < 1:
+        raise ValueError(f"{name} must be a positive int, got {threads}")
+    return threads
+
+
+def choose_threads(
+    threads: Optional[int] = None,
+    *,
+    environ: Optional[Mapping[str, str]] = None,
+    current: Optional[int] = None,
+    available: Optional[int] = None,
+    defaults: Optional[set[int]] = None,
+) -> ThreadPlan:
+    """Choose the run's intra-op thread count; what the user chose always wins.
+
+    In order: ``threads`` (the ``--threads`` flag); ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``
+    in the environment (torch has applied it: the count is kept); a count the user set with
+    ``torch.set_num_threads`` (one that is none of the counts torch picks by itself); else the
+    CPUs this process may use (:func:`available_cpus`), never more than torch's own default,
+    and adaptive (:class:`ContentionGuard`).
+
+    Args:
+        threads: the count asked for, or ``None``.
+        environ: the environment (default: ``os.environ``).
+        current: ``torch.get_num_threads()`` (default: read it).
+        available: :func:`available_cpus` (default: read it).
+        defaults: the counts torch picks by itself here (default: one per available CPU, per
+            CPU of the affinity mask, per CPU of the machine, per physical core).
+
+    Returns:
+        ThreadPlan: the count, its source, and whether it adapts to other processes.
+
+    Raises:
+        TypeError, ValueError: if ``threads`` is given and is not a positive int.
+    """
+    env = os.environ if environ is None else environ
+    cpus = available_cpus() if available is None else available
+    now = torch.get_num_threads() if current is None else current
+    if threads is not None:
+        return ThreadPlan(check_threads(threads), "--threads", cpus, adaptive=False)
+    for var in THREAD_ENV_VARS:
+        if env.get(var, "").strip():
+            return ThreadPlan(now, var, cpus, adaptive=False)
+    if now not in (_torch_defaults(cpus) if defaults is None else defaults):
+        return ThreadPlan(now, "torch.set_num_threads", cpus, adaptive=False)
+    return ThreadPlan(max(1, min(now, cpus)), "available", cpus, adaptive=True)
+
+
+def _read_proc_stat(cpus: set[int]) -> Optional[tuple[float, float]]:
+    """(busy, total) seconds of the given CPUs since boot, from ``/proc/stat``."""
+    text = _read_text("/proc/stat")
+    if text is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    busy = total = 0.0
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        try:
+            index = int(name[3:])
+        except ValueError:
+            continue
+        if index not in cpus or len(fields) < 5:
+            continue
+        # user nice system idle iowait irq softirq steal [guest guest_nice: within user/nice]
+        values = [int(v) for v in fields[:8]]
+        total += sum(values)
+        busy += sum(values) - values[3] - values[4]
+    return busy / tick, total / tick
+
+
+class ContentionGuard:
+    """Lowers the thread count while other processes keep this process's CPUs busy.
+
+    Why: torch's OpenMP threads wait for each other at the end of every parallel operation,
+    spinning for a while first. When another process holds a core, one of the threads is off
+    its core and the others spin for it, so each operation can cost a scheduler time slice
+    instead of microseconds: a step 10-50x slower (docs/performance.md). One thread has nobody
+    to wait for: it slows down only by the share of the CPU it loses.
+
+    Every ``interval`` seconds, :meth:`poll` reads the CPU time of the process's CPUs
+    (``/proc/stat``) and subtracts its own (``time.process_time``): the rest is what other
+    processes used. The thread count becomes ``round(cpus - others)`` (at least 1, at most
+    ``max_threads``). Where ``/proc/stat`` is missing, it does nothing.
+
+    Args:
+        max_threads: the count when the CPUs are free.
+        cpus: the CPUs to watch (default: the affinity mask).
+        interval: seconds between two decisions.
+        set_threads: applies a count (default: ``torch.set_num_threads``).
+        clock, own_cpu, read_stat: seams for the tests (wall clock, own CPU seconds,
+            ``(busy, total)`` CPU seconds of ``cpus``).
+    """
+
+    def __init__(
+        self,
+        max_threads: int,
+        cpus: Optional[set[int]] = None,
+        *,
+        interval: float = 1.0,
+        set_threads: Callable[[int], None] = torch.set_num_threads,
+        clock: Callable[[], float] = time.monotonic,
+        own_cpu: Callable[[], float] = time.process_time,
+        read_stat: Optional[Callable[[], Optional[tuple[float, float]]]] = None,
+    ) -> None:
+        self.max_threads = check_threads(max_threads, name="max_threads")
+        watched = _affinity() if cpus is None else set(cpus)
+        self.cpus = watched
+        self.interval = interval
+        self.threads = max_threads
+        self._set = set_threads
+        self._clock = clock
+        self._own = own_cpu
+        self._stat = read_stat if read_stat is not None else (lambda: _read_proc_stat(watched))
+        self._last = self._sample()
+
+    def _sample(self) -> Optional[tuple[float, float, float]]:
+        stat = self._stat()
+        return None if stat is None else (self._clock(), stat[0], self._own())
+
+    def others(self) -> Optional[float]:
+        """CPUs (fractional) that other processes used since the last decision, or ``None``."""
+        now = self._sample()
+        if now is None or self._last is None:
+            return None
+        wall = now[0] - self._last[0]
+        if wall <= 0:
+            return None
+        busy = now[1] - self._last[1]
+        own = now[2] - self._last[2]
+        self._last = now
+        return max(0.0, (busy - own) / wall)
+
+    def poll(self) -> int:
+        """Decide again if ``interval`` has passed; return the thread count in force."""
+        if self._last is None or self._clock() - self._last[0] < self.interval:
+            return self.threads
+        others = self.others()
+        if others is None:
+            return self.threads
+        free = len(self.cpus) - others
+        wanted = max(1, min(self.max_threads, int(free + 0.5)))
+        if wanted != self.threads:
+            _LOGGER.debug("other processes use %.1f CPUs: %d threads", others, wanted)
+            self._set(wanted)
+            self.threads = wanted
+        return self.threads
+
+
+_GUARD: list[Optional[ContentionGuard]] = [None]
+
+
+def configure_threads(threads: Optional[int] = None) -> ThreadPlan:
+    """Choose (:func:`choose_threads`) and apply the thread count of a run.
+
+    Sets ``torch.set_num_threads`` and, when the count is adaptive, installs the
+    :class:`ContentionGuard` that :func:`adapt_threads` consults at every training and test
+    step of :mod:`perturbnn.repro.loop`. Called by both commands of the command line; from
+    Python, call it before :func:`perturbnn.repro.run.run_experiment` to get the same.
+
+    Args:
+        threads: the count asked for (``--threads``), or ``None`` to choose.
+
+    Returns:
+        ThreadPlan: what was chosen (:meth:`ThreadPlan.describe` gives the line to print).
+
+    Raises:
+        TypeError, ValueError: if ``threads`` is not a positive int.
+    """
+    plan = choose_threads(threads)
+    if torch.get_num_threads() != plan.threads:
+        torch.set_num_threads(plan.threads)
+    _GUARD[0] = ContentionGuard(plan.threads) if plan.adaptive and plan.threads > 1 else None
+    return plan
+
+
+def adapt_threads() -> None:
+    """Let the guard installed by :func:`configure_threads` decide (cheap; a no-op without)."""
+    guard = _GUARD[0]
+    if guard is not None:
+        guard.poll()
+
+
+@contextlib.contextmanager
+def threads_for_run(threads: Optional[int] = None) -> Iterator[ThreadPlan]:
+    """:func:`configure_threads` for the duration of a ``with`` block, then as before.
+
+    On exit the guard is removed and the thread count the process had is restored, so that a
+    caller (a test, a notebook) finds torch as it left it.
+
+    Args:
+        threads: the count asked for (``--threads``), or ``None`` to choose.
+
+    Yields:
+        ThreadPlan: what was chosen.
+
+    Raises:
+        TypeError, ValueError: if ``threads`` is not a positive int.
+    """
+    before = torch.get_num_threads()
+    plan = configure_threads(threads)
+    try:
+        yield plan
+    finally:
+        _GUARD[0] = None
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

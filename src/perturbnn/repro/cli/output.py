@@ -10,6 +10,7 @@
   :class:`~perturbnn.repro.config.RunConfig` field, ``test_subset``) with the flag the user
   typed (``--test-subset``).
 * :func:`plural`: ``1 epoch``, ``2 epochs``.
+* :func:`threads_arg`: the ``type`` of ``--threads`` (a positive int).
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Callable, NoReturn
 
-__all__ = ["HelpFormatter", "Parser", "choice", "echo", "flag_names", "name_flags", "plural"]
+__all__ = [
+    "HelpFormatter",
+    "Parser",
+    "choice",
+    "echo",
+    "flag_names",
+    "name_flags",
+    "plural",
+    "threads_arg",
+]
 
 
 def echo(text: str = "", *, err: bool = False) -> None:
@@ -82,6 +92,17 @@ def choice(names: Iterable[str], *, what: str = "name") -> Callable[[str], str]:
 
     check.__name__ = what.replace(" ", "_")  # argparse names the type in some messages
     return check
+
+
+def threads_arg(text: str) -> int:
+    """The argparse ``type`` of ``--threads``: a positive int (argparse names the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
+    return value
 
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:

@@ -44,13 +44,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
-from perturbnn.repro.cli.output import Parser, choice, echo, flag_names, name_flags, plural
+from perturbnn.repro.cli.output import (
+    Parser,
+    choice,
+    echo,
+    flag_names,
+    name_flags,
+    plural,
+    threads_arg,
+)
 from perturbnn.repro.config import MACHINE_FIELDS, RunConfig
 from perturbnn.repro.data import DataCorruptError, DataNotFoundError
 from perturbnn.repro.experiments import EXPERIMENTS, list_experiments
 from perturbnn.repro.report import SUMMARY_FILE, build_report, format_duration
 from perturbnn.repro.run import run_experiment
-from perturbnn.repro.runtime import log_to_stdout
+from perturbnn.repro.runtime import log_to_stdout, threads_for_run
 from perturbnn.repro.scales import SCALES, Scale, estimate_costs, predict_seconds
 
 __all__ = ["build_parser", "main", "resolve_scale"]
@@ -218,6 +226,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "metric comparison) if it ran",
     )
     parser.add_argument("--progress", action="store_true", help="show tqdm bars")
+    parser.add_argument(
+        "--threads",
+        type=threads_arg,
+        default=None,
+        metavar="N",
+        help="CPU threads (default: $OMP_NUM_THREADS if set, else the CPUs this process may "
+        "use, fewer while other processes keep them busy)",
+    )
     group = parser.add_argument_group("overrides of the scale (recorded in the report)")
     group.add_argument("--nepochs", type=int, default=None, help="epochs per experiment")
     group.add_argument(
@@ -422,7 +438,9 @@ def main(argv: Optional[Sequence[str]] = None, *, command: str = PROG) -> int:
         _write_manifest(out_dir, scale, f"{command} {shlex.join(arguments)}".strip(), budget, seeds)
         log_to_stdout()
         try:
-            status = train_all(names, scale, args, out_dir, seeds)
+            with threads_for_run(args.threads) as plan:
+                echo(plan.describe())
+                status = train_all(names, scale, args, out_dir, seeds)
         except KeyboardInterrupt:
             echo(
                 "\ninterrupted; run the same command again to continue (finished experiments "

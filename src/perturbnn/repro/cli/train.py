@@ -47,7 +47,15 @@ from typing import Any, Optional
 from perturbnn import ACTIVATIONS, list_models
 from perturbnn.functional import IMPLS
 from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
-from perturbnn.repro.cli.output import Parser, choice, echo, flag_names, name_flags, plural
+from perturbnn.repro.cli.output import (
+    Parser,
+    choice,
+    echo,
+    flag_names,
+    name_flags,
+    plural,
+    threads_arg,
+)
 from perturbnn.repro.config import MACHINE_FIELDS, RunConfig, default_out_dir
 from perturbnn.repro.data import DATASETS, DataCorruptError, DataNotFoundError
 from perturbnn.repro.distributed import destroy_distributed, is_main_process
@@ -56,7 +64,7 @@ from perturbnn.repro.fit import FitSummary
 from perturbnn.repro.optim import LR_SCHEDULES
 from perturbnn.repro.outdir import OutDirError, check_out_dir
 from perturbnn.repro.run import PreparedRun, prepare_run
-from perturbnn.repro.runtime import log_to_stdout
+from perturbnn.repro.runtime import log_to_stdout, threads_for_run
 from perturbnn.repro.signals import TrainingInterrupted
 
 __all__ = ["build_parser", "main", "resolve_config"]
@@ -213,6 +221,14 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
     add("--resume", default=None, metavar="PATH", help="continue from this checkpoint")
     add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     add("--num-workers", type=int, default=defaults.num_workers, help="data loader workers")
+    add(
+        "--threads",
+        type=threads_arg,
+        default=None,
+        metavar="N",
+        help="CPU threads (default: $OMP_NUM_THREADS if set, else the CPUs this process may "
+        "use, fewer while other processes keep them busy)",
+    )
     add("--no-progress", default=False, action="store_true", help="no progress bars")
     add(
         "--sync-bn",
@@ -261,6 +277,7 @@ def resolve_config(argv: Optional[Sequence[str]]) -> RunConfig:
     args = vars(build_parser().parse_args(argv))
     explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
     explicit.pop("list_experiments", None)
+    explicit.pop("threads", None)  # a setting of this process, not of the run
     if explicit.pop("no_progress", False):
         explicit["progress"] = False
 
@@ -403,8 +420,12 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return 130
     print_config(config)
     print_run(run)
+    threads = contextlib.ExitStack()
+    if run.device.type == "cpu":
+        echo(threads.enter_context(threads_for_run(args.threads)).describe())
     try:
-        summary = run.fit(logger=logging.getLogger("perturbnn.repro.fit"))
+        with threads:
+            summary = run.fit(logger=logging.getLogger("perturbnn.repro.fit"))
     except TrainingInterrupted as exc:  # SIGINT or SIGTERM: the last completed epoch is saved
         echo(
             f"\ninterrupted by {exc.signal_name} after "

@@ -1,0 +1,335 @@
+"""Slowdown beside a competing process: PNN layer steps and a training step, quiet and busy.
+
+For each ``impl`` (``grouped``, ``eager``, ``compiled``), with and without an activation (ReLU),
+one PNN layer forward+backward (B=16, C=O=128, nmasks=64, 32x32, shared masks: the ``large``
+case of ``bench_layers.py``), and a ``perturb_resnet18`` training step (the ``bench_train.py``
+configuration: width 16, nmasks 16, shared masks, first_filter_size 3, batch 32 of CIFAR-10),
+timed in one process:
+
+- **quiet**: nothing else started (the script prints the CPU that other processes used just
+  before, and warns when it is more than a tenth of a CPU);
+- **busy**: beside one competing process that the script starts and stops itself: 2 torch
+  threads doing 512x512 matrix products in a loop, with torch's defaults (a "user's other job").
+
+Each row runs in two thread modes, interleaved step by step so that a change of load hits both:
+
+- ``fixed``: torch's default thread count, fixed (what a script of your own gets);
+- ``harness``: what ``perturbnn-repro`` does (:func:`perturbnn.repro.runtime.configure_threads`:
+  the same count, lowered by the :class:`~perturbnn.repro.runtime.ContentionGuard` while other
+  processes keep the CPUs busy; the guard decides between steps as the training loop does).
+
+The table gives medians and the busy/quiet ratio (an even share of 2 cores with a 2-thread
+competitor is 2x). With ``--main-job short`` (default) or ``full`` it also times the README's
+main job (``python -m perturbnn.repro``) quiet and busy, once with the harness's choice and once
+with ``--threads N`` (fixed, torch's count); ``short`` runs two of its experiments for one epoch
+on subsets, ``full`` the whole job (over an hour on 2 cores, more when busy).
+
+Usage::
+
+    python benchmarks/bench_contention.py                   # about 10 minutes on 2 cores
+    python benchmarks/bench_contention.py --quick --main-job skip
+    python benchmarks/bench_contention.py --json docs/data/contention.json
+
+Not part of the test run: it prints a table and checks nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from perturbnn import build_model
+from perturbnn.functional import perturb_conv2d
+from perturbnn.repro.runtime import ContentionGuard, _read_proc_stat, available_cpus
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_train import load_batches  # noqa: E402
+
+COMPETITOR = """
+import sys, torch
+torch.set_num_threads(2)
+a, b = torch.randn(512, 512), torch.randn(512, 512)
+print("ready", flush=True)
+while True:
+    torch.mm(a, b)
+"""
+LAYER = {"batch": 16, "channels": 128, "out_channels": 128, "nmasks": 64, "size": 32}
+LAYER_IMPLS = ("grouped", "eager", "compiled")
+TRAIN_IMPLS = ("grouped", "auto", "compiled")
+MODES = ("fixed", "harness")
+
+
+@dataclass
+class Row:
+    name: str
+    step: Callable[[], None]
+    times: dict[str, list[float]] = field(default_factory=dict)  # "quiet/fixed" -> seconds
+    spent: dict[str, float] = field(default_factory=dict)
+
+
+def others_cpu(seconds: float = 1.0) -> Optional[float]:
+    """CPUs (fractional) that other processes used during ``seconds``, on this process's CPUs."""
+    cpus = set(os.sched_getaffinity(0))
+    before, own0, t0 = _read_proc_stat(cpus), time.process_time(), time.monotonic()
+    time.sleep(seconds)
+    after, own1, t1 = _read_proc_stat(cpus), time.process_time(), time.monotonic()
+    if before is None or after is None:
+        return None
+    return max(0.0, (after[0] - before[0] - (own1 - own0)) / (t1 - t0))
+
+
+def top_processes(count: int = 4) -> str:
+    """The busiest other processes (``ps``: CPU share over each one's lifetime)."""
+    try:
+        text = subprocess.run(
+            ["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "(ps unavailable)"
+    lines = []
+    for line in text.splitlines()[1:]:
+        pid, _, rest = line.strip().partition(" ")
+        if pid != str(os.getpid()):
+            lines.append(f"    {rest.strip()[:100]}")
+    return "\n".join(lines[:count])
+
+
+def check_quiet(label: str) -> float:
+    used = others_cpu()
+    load = os.getloadavg()[0]
+    shown = "unknown" if used is None else f"{used:.2f}"
+    print(f"[{label}] other processes used {shown} CPUs; load average (1 min) {load:.2f}")
+    if used is not None and used > 0.1:
+        print(
+            f"  warning: the machine is not quiet; the 'quiet' figures are inflated\n"
+            f"{top_processes()}"
+        )
+    return -1.0 if used is None else used
+
+
+class Competitor:
+    """One other process doing 2-thread matrix products until stopped."""
+
+    def __enter__(self) -> Competitor:
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", COMPETITOR], stdout=subprocess.PIPE, text=True, env=env
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit("the competing process did not start")
+        time.sleep(1.0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def layer_rows() -> list[Row]:
+    gen = torch.Generator().manual_seed(0)
+    b, c, o, m, s = (LAYER[k] for k in ("batch", "channels", "out_channels", "nmasks", "size"))
+    x = torch.randn(b, c, s, s, generator=gen).requires_grad_()
+    masks = torch.rand(1, m, s, s, generator=gen) * 2 - 1
+    conv = nn.Conv2d(c * m, o, 1, groups=c)
+    weight = conv.weight.detach().requires_grad_()
+    bias = conv.bias.detach().requires_grad_()  # type: ignore[union-attr]
+    grad_out = torch.randn(b, o, s, s, generator=gen)
+    rows = []
+    for impl in LAYER_IMPLS:
+        for act in (None, nn.ReLU()):
+
+            def step(impl: str = impl, act: Optional[nn.Module] = act) -> None:
+                out = perturb_conv2d(x, masks, weight, bias, level=0.5, activation=act, impl=impl)
+                torch.autograd.grad(out, [x, weight, bias], grad_out)
+
+            rows.append(Row(f"layer {impl}, {'ReLU' if act else 'no activation'}", step))
+    return rows
+
+
+def train_rows(data_dir: Path) -> list[Row]:
+    batches = load_batches(data_dir, 32, 4)
+    options = {"nfilters": 16, "nmasks": 16, "unique_masks": False, "first_filter_size": 3}
+    torch.manual_seed(0)
+    reference = build_model("perturb_resnet18", impl="grouped", **options)
+    rows = []
+    for impl in TRAIN_IMPLS:
+        model = build_model("perturb_resnet18", impl=impl, **options)
+        model.load_state_dict(reference.state_dict())
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        count = [0]
+
+        def step(
+            model: nn.Module = model,
+            optimizer: torch.optim.Optimizer = optimizer,
+            count: list[int] = count,
+        ) -> None:
+            x, y = batches[count[0] % len(batches)]
+            count[0] += 1
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+        rows.append(Row(f"perturb_resnet18 train step, {impl}", step))
+    return rows
+
+
+def run_phase(
+    phase: str, rows: list[Row], repeats: int, cap: float, threads: int, guard: ContentionGuard
+) -> None:
+    """``repeats`` rounds; in each, every row runs one step per mode, in turn.
+
+    A row stops early (after at least 3 steps per mode) once its steps in this phase took
+    ``cap`` seconds.
+    """
+    for round_ in range(repeats):
+        for row in rows:
+            for mode in MODES:
+                key = f"{phase}/{mode}"
+                times = row.times.setdefault(key, [])
+                if round_ >= 3 and row.spent.get(key, 0.0) > cap:
+                    continue
+                if mode == "fixed":
+                    torch.set_num_threads(threads)
+                else:
+                    torch.set_num_threads(guard.threads)
+                    guard.poll()
+                start = time.perf_counter()
+                row.step()
+                took = time.perf_counter() - start
+                times.append(took)
+                row.spent[key] = row.spent.get(key, 0.0) + took
+    torch.set_num_threads(threads)
+
+
+def main_job(
+    kind: str, data_dir: Path, threads: int, out: Path, busy: bool, harness: bool
+) -> float:
+    command = [sys.executable, "-m", "perturbnn.repro", "reproduce", "--data-dir", str(data_dir)]
+    command += ["--out-dir", str(out / "runs"), "--report", str(out / "report.md")]
+    command += ["--img-dir", str(out / "img"), "--gpu-runs", "", "--force"]
+    if kind == "short":
+        command += ["--only", "baseline", "pnn-fanout64-shared", "--nepochs", "1"]
+        command += ["--train-subset", "1000", "--test-subset", "500"]
+    if not harness:
+        command += ["--threads", str(threads)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    start = time.perf_counter()
+    if busy:
+        with Competitor():
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
+    else:
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+    took = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"the main job failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return took
+
+
+def ratio(busy: list[float], quiet: list[float]) -> float:
+    return statistics.median(busy) / statistics.median(quiet)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
+    parser.add_argument("--repeats", type=int, default=7, help="rounds per phase")
+    parser.add_argument("--cap", type=float, default=40.0, help="seconds per row and phase")
+    parser.add_argument("--quick", action="store_true", help="3 rounds, 15 s cap per row")
+    parser.add_argument("--main-job", choices=("short", "full", "skip"), default="short")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.cap = 3, 15.0
+    threads = torch.get_num_threads()
+    print(
+        f"torch {torch.__version__}, {threads} threads (torch's default), "
+        f"{available_cpus()} CPUs available, {platform.processor() or platform.machine()}; "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}"
+    )
+    print(
+        f"{args.repeats} interleaved rounds per phase, at most {args.cap:.0f} s per row and phase"
+    )
+    rows = layer_rows() + train_rows(args.data_dir)
+    for row in rows:  # first steps (torch.compile compiles there) and one warm-up step
+        row.step()
+        row.step()
+    guard = ContentionGuard(threads, interval=1.0)
+    results: dict[str, object] = {"threads": threads, "torch": torch.__version__}
+    results["quiet_others_cpu"] = check_quiet("before the quiet phase")
+    began = time.perf_counter()
+    run_phase("quiet", rows, args.repeats, args.cap, threads, guard)
+    print(f"quiet phase: {time.perf_counter() - began:.0f} s")
+    began = time.perf_counter()
+    with Competitor():
+        run_phase("busy", rows, args.repeats, args.cap, threads, guard)
+    print(f"busy phase: {time.perf_counter() - began:.0f} s")
+
+    print("\n| step | mode | quiet (s) | busy (s) | busy / quiet | harness quiet / fixed quiet |")
+    print("|---|---|---:|---:|---:|---:|")
+    table = []
+    for row in rows:
+        for mode in MODES:
+            quiet, busy = row.times[f"quiet/{mode}"], row.times[f"busy/{mode}"]
+            vs_fixed = statistics.median(quiet) / statistics.median(row.times["quiet/fixed"])
+            table.append(
+                {
+                    "step": row.name,
+                    "mode": mode,
+                    "quiet_s": quiet,
+                    "busy_s": busy,
+                    "quiet_median_s": statistics.median(quiet),
+                    "busy_median_s": statistics.median(busy),
+                    "slowdown": ratio(busy, quiet),
+                    "quiet_vs_fixed": vs_fixed,
+                }
+            )
+            print(
+                f"| {row.name} | {mode} | {statistics.median(quiet):.4f} | "
+                f"{statistics.median(busy):.4f} | {ratio(busy, quiet):.1f}x | "
+                f"{'-' if mode == 'fixed' else f'{vs_fixed:.2f}'} |"
+            )
+    results["steps"] = table
+
+    if args.main_job != "skip":
+        print(f"\nREADME main job ({args.main_job}): python -m perturbnn.repro")
+        check_quiet("before the main job")
+        jobs = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for harness in (True, False):
+                quiet = main_job(args.main_job, args.data_dir, threads, Path(tmp), False, harness)
+                busy = main_job(args.main_job, args.data_dir, threads, Path(tmp), True, harness)
+                label = "harness" if harness else f"--threads {threads}"
+                jobs.append({"mode": label, "quiet_s": quiet, "busy_s": busy})
+                print(f"  {label}: quiet {quiet:.0f} s, busy {busy:.0f} s, {busy / quiet:.1f}x")
+        results["main_job"] = {"kind": args.main_job, "runs": jobs}
+    results["after_others_cpu"] = check_quiet("at the end")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
