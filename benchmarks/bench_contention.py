@@ -272,9 +272,12 @@ def main() -> None:
         f"{args.repeats} interleaved rounds per phase, at most {args.cap:.0f} s per row and phase"
     )
     rows = layer_rows() + train_rows(args.data_dir)
-    for row in rows:  # first steps (torch.compile compiles there) and one warm-up step
-        row.step()
-        row.step()
+    for row in rows:  # first steps (torch.compile compiles there, once per thread count)
+        for count in sorted({1, threads}):
+            torch.set_num_threads(count)
+            row.step()
+            row.step()
+    torch.set_num_threads(threads)
     guard = ContentionGuard(threads, interval=1.0)
     results: dict[str, object] = {"threads": threads, "torch": torch.__version__}
     results["quiet_others_cpu"] = check_quiet("before the quiet phase")

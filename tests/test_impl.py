@@ -768,3 +768,32 @@ def test_activation_with_a_hook_takes_the_literal_path(hook):
     x, masks, weight, bias = make_inputs(pinned())
     perturb_conv2d(x, masks, weight, bias, level=0.5, activation=relu, impl="eager")
     assert calls == [1]
+
+
+def test_compiled_functions_follow_the_thread_count():
+    """A thread count change gets its own compiled kernels (inductor may fix the count)."""
+    _fast_compiled._reset()
+    compiled_for = []
+
+    def fake_compile(fn):
+        compiled_for.append(torch.get_num_threads())
+        return fn  # the uncompiled expression: same results, no compiler needed
+
+    x, masks = torch.randn(2, 3, 4, 4), torch.rand(3, 5, 4, 4)
+    weight = torch.randn(6, 5, 1, 1)
+    before = torch.get_num_threads()
+    try:
+        with mock.patch.object(_fast_compiled, "_compile", fake_compile):
+            outs = []
+            for threads in (1, 2, 1):
+                torch.set_num_threads(threads)
+                outs.append(
+                    perturb_conv2d(
+                        x, masks, weight, level=0.5, activation=torch.relu, impl="compiled"
+                    )
+                )
+        assert compiled_for == [1, 2]
+        assert_same(outs, [outs[0]] * 3)
+    finally:
+        torch.set_num_threads(before)
+        _fast_compiled._reset()

@@ -93,7 +93,23 @@ def _reset() -> None:
 
 
 def _compiled_for(x: Tensor, noise: Tensor, weight: Tensor) -> Callable[..., Tensor]:
-    key = (tuple(x.shape[1:]), tuple(noise.shape), tuple(weight.shape), x.dtype, x.device)
+    """The compiled function for these shapes, dtype, device and (on the CPU) thread count.
+
+    Inductor's CPU kernels fix their OpenMP thread count when they are generated, unless it
+    equals ``os.cpu_count()``: a kernel compiled at 4 threads keeps using 4 after
+    ``torch.set_num_threads(1)``, and beside another busy process its threads then wait for
+    each other at every kernel (docs/performance.md, "Sharing the CPU"). Each thread count
+    therefore gets its own compiled function (compiled once, on first use).
+    """
+    threads = torch.get_num_threads() if x.device.type == "cpu" else 0
+    key = (
+        tuple(x.shape[1:]),
+        tuple(noise.shape),
+        tuple(weight.shape),
+        x.dtype,
+        x.device,
+        threads,
+    )
     fns: dict[Any, Callable[..., Tensor]] = _state["fns"]
     if key not in fns:
         fns[key] = _compile(_fresh_copy(len(fns)))
