@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -258,6 +259,8 @@ def main() -> None:
     parser.add_argument("--main-job", choices=("short", "full", "skip"), default="short")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so that the competing process and the main job are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         args.repeats, args.cap = 3, 15.0
     threads = torch.get_num_threads()
