@@ -294,3 +294,37 @@ def test_train_prints_the_thread_choice_once(
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [x for x in proc.stdout.splitlines() if x.startswith("threads:")] == [line]
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="no /proc/stat here")
+def test_proc_stat_is_read_for_the_watched_cpus() -> None:
+    cpus = set(os.sched_getaffinity(0))
+    stat = runtime._read_proc_stat(cpus)
+    assert stat is not None
+    busy, total = stat
+    assert 0 < busy <= total
+    none = runtime._read_proc_stat({10**6})  # a CPU that does not exist: nothing counted
+    assert none == (0.0, 0.0)
+
+
+def test_training_and_test_loops_consult_the_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from perturbnn.repro.loop import evaluate, train_one_epoch
+
+    class CountingGuard:
+        polls = 0
+
+        def poll(self) -> int:
+            CountingGuard.polls += 1
+            return 1
+
+    monkeypatch.setattr(runtime, "_GUARD", [CountingGuard()])
+    data = TensorDataset(torch.randn(12, 4), torch.randint(0, 3, (12,)))
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_one_epoch(model, DataLoader(data, batch_size=4), optimizer, device="cpu", epoch=1)
+    assert CountingGuard.polls == 3
+    evaluate(model, DataLoader(data, batch_size=6), device="cpu")
+    assert CountingGuard.polls == 5
