@@ -257,6 +257,7 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=40.0, help="seconds per row and phase")
     parser.add_argument("--quick", action="store_true", help="3 rounds, 15 s cap per row")
     parser.add_argument("--main-job", choices=("short", "full", "skip"), default="short")
+    parser.add_argument("--skip-steps", action="store_true", help="only the README main job")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so that the competing process and the main job are stopped
@@ -274,49 +275,65 @@ def main() -> None:
     print(
         f"{args.repeats} interleaved rounds per phase, at most {args.cap:.0f} s per row and phase"
     )
-    rows = layer_rows() + train_rows(args.data_dir)
-    for row in rows:  # first steps (torch.compile compiles there, once per thread count)
-        for count in sorted({1, threads}):
-            torch.set_num_threads(count)
-            row.step()
-            row.step()
-    torch.set_num_threads(threads)
-    guard = ContentionGuard(threads, interval=1.0)
     results: dict[str, object] = {"threads": threads, "torch": torch.__version__}
-    results["quiet_others_cpu"] = check_quiet("before the quiet phase")
-    began = time.perf_counter()
-    run_phase("quiet", rows, args.repeats, args.cap, threads, guard)
-    print(f"quiet phase: {time.perf_counter() - began:.0f} s")
-    began = time.perf_counter()
-    with Competitor():
-        run_phase("busy", rows, args.repeats, args.cap, threads, guard)
-    print(f"busy phase: {time.perf_counter() - began:.0f} s")
+    if not args.skip_steps:
+        rows = layer_rows() + train_rows(args.data_dir)
+        for row in rows:  # first steps (torch.compile compiles there, once per thread count)
+            for count in sorted({1, threads}):
+                torch.set_num_threads(count)
+                row.step()
+                row.step()
+        torch.set_num_threads(threads)
+        guard = ContentionGuard(threads, interval=1.0)
+        results["quiet_others_cpu"] = check_quiet("before the quiet phase")
+        watch = ContentionGuard(threads, interval=0.0)  # only its others() is used
+        began = time.perf_counter()
+        watch.others()
+        run_phase("quiet", rows, args.repeats, args.cap, threads, guard)
+        during = watch.others()
+        results["quiet_phase_others_cpu"] = during
+        print(
+            f"quiet phase: {time.perf_counter() - began:.0f} s; other processes used "
+            f"{during if during is None else round(during, 2)} CPUs meanwhile"
+        )
+        began = time.perf_counter()
+        with Competitor():
+            watch.others()
+            run_phase("busy", rows, args.repeats, args.cap, threads, guard)
+            during = watch.others()
+        results["busy_phase_others_cpu"] = during
+        print(
+            f"busy phase: {time.perf_counter() - began:.0f} s; other processes (the competitor "
+            f"included) used {during if during is None else round(during, 2)} CPUs meanwhile"
+        )
 
-    print("\n| step | mode | quiet (s) | busy (s) | busy / quiet | harness quiet / fixed quiet |")
-    print("|---|---|---:|---:|---:|---:|")
-    table = []
-    for row in rows:
-        for mode in MODES:
-            quiet, busy = row.times[f"quiet/{mode}"], row.times[f"busy/{mode}"]
-            vs_fixed = statistics.median(quiet) / statistics.median(row.times["quiet/fixed"])
-            table.append(
-                {
-                    "step": row.name,
-                    "mode": mode,
-                    "quiet_s": quiet,
-                    "busy_s": busy,
-                    "quiet_median_s": statistics.median(quiet),
-                    "busy_median_s": statistics.median(busy),
-                    "slowdown": ratio(busy, quiet),
-                    "quiet_vs_fixed": vs_fixed,
-                }
-            )
-            print(
-                f"| {row.name} | {mode} | {statistics.median(quiet):.4f} | "
-                f"{statistics.median(busy):.4f} | {ratio(busy, quiet):.1f}x | "
-                f"{'-' if mode == 'fixed' else f'{vs_fixed:.2f}'} |"
-            )
-    results["steps"] = table
+        print(
+            "\n| step | mode | quiet (s) | busy (s) | busy / quiet | harness quiet / fixed quiet |"
+        )
+        print("|---|---|---:|---:|---:|---:|")
+        table = []
+        for row in rows:
+            for mode in MODES:
+                quiet, busy = row.times[f"quiet/{mode}"], row.times[f"busy/{mode}"]
+                vs_fixed = statistics.median(quiet) / statistics.median(row.times["quiet/fixed"])
+                table.append(
+                    {
+                        "step": row.name,
+                        "mode": mode,
+                        "quiet_s": quiet,
+                        "busy_s": busy,
+                        "quiet_median_s": statistics.median(quiet),
+                        "busy_median_s": statistics.median(busy),
+                        "slowdown": ratio(busy, quiet),
+                        "quiet_vs_fixed": vs_fixed,
+                    }
+                )
+                print(
+                    f"| {row.name} | {mode} | {statistics.median(quiet):.4f} | "
+                    f"{statistics.median(busy):.4f} | {ratio(busy, quiet):.1f}x | "
+                    f"{'-' if mode == 'fixed' else f'{vs_fixed:.2f}'} |"
+                )
+        results["steps"] = table
 
     if args.main_job != "skip":
         print(f"\nREADME main job ({args.main_job}): python -m perturbnn.repro")
