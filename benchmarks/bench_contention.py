@@ -28,7 +28,7 @@ Usage::
 
     python benchmarks/bench_contention.py                   # about 10 minutes on 2 cores
     python benchmarks/bench_contention.py --quick --main-job skip
-    python benchmarks/bench_contention.py --json docs/data/contention.json
+    python benchmarks/bench_contention.py --json benchmarks/results/contention.json
 
 Not part of the test run: it prints a table and checks nothing.
 """
