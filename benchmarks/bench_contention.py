@@ -230,7 +230,7 @@ def main_job(
     command += ["--img-dir", str(out / "img"), "--gpu-runs", "", "--force"]
     if kind == "short":
         command += ["--only", "baseline", "pnn-fanout64-shared", "--nepochs", "1"]
-        command += ["--train-subset", "1000", "--test-subset", "500"]
+        command += ["--train-subset", "1000", "--test-subset", "500", "--seeds", "1"]
     if not harness:
         command += ["--threads", str(threads)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
