@@ -97,7 +97,8 @@ _CPU_DESCRIPTION = (
     "every epoch is tested on a class-balanced subset of {test:,} of the 10,000 test images "
     "(a binomial standard error of about {se:.1f} points near 50% accuracy). Chosen from "
     "per-image times measured on the 2-core CPU with `--estimate` (the fanout-64 experiments "
-    "cost 11 to 18 ms per training image, the other five 1.6 to 2.9 ms) so that all eight are "
+    "cost {wide_lo:.0f} to {wide_hi:.0f} ms per training image, the other five {narrow_lo:.1f} "
+    "to {narrow_hi:.1f} ms) so that all eight are "
     "predicted to take about {minutes:.0f} minutes per seed ({three:.0f} minutes for three "
     "seeds; the spread over seeds is what tells a real difference from run-to-run noise, so "
     "three seeds of a shorter training were preferred to one seed of a longer one). At this scale the networks are far from "
@@ -136,11 +137,17 @@ SCALES: dict[str, Scale] = {
 def _cpu_description(scale: Scale) -> str:
     assert scale.train_subset is not None and scale.test_subset is not None
     minutes = sum(predict_seconds(name, scale) or 0.0 for name in EXPERIMENTS) / 60
+    wide = [train for name, (train, _) in CPU_COSTS.items() if "fanout64" in name]
+    narrow = [train for name, (train, _) in CPU_COSTS.items() if "fanout64" not in name]
     return _CPU_DESCRIPTION.format(
         train=scale.train_subset,
         test=scale.test_subset,
         epochs=scale.nepochs,
         se=100 * math.sqrt(0.25 / scale.test_subset),
+        wide_lo=1000 * min(wide),
+        wide_hi=1000 * max(wide),
+        narrow_lo=1000 * min(narrow),
+        narrow_hi=1000 * max(narrow),
         minutes=minutes,
         three=3 * minutes,
     )
