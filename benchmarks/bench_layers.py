@@ -28,7 +28,7 @@ Usage::
 
     python benchmarks/bench_layers.py --json benchmarks/results/layers-cpu.json
     python benchmarks/make_tables.py      # regenerates the tables in docs/performance.md
-    python benchmarks/bench_layers.py --configs tiny --repeats 2 --json /tmp/t.json  # quick
+    python benchmarks/bench_layers.py --configs tiny --repeats 2 --json tiny.json  # quick
 
 Not part of the test run.
 """
