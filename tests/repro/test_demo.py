@@ -21,7 +21,7 @@ def test_gap_sentence_says_when_the_gap_is_within_the_noise() -> None:
     assert "overstates the exact accuracy by 20.0 points" in demo.gap_sentence(0.2, 0.5, 10)
     within = demo.gap_sentence(0.1, 0.5, 10)
     assert "not reliably positive" in within and f"{100 * noise:.1f} points" in within
-    assert "(-3.0 points)" in demo.gap_sentence(-0.03, 0.5, 10)
+    assert "(-3.0 points, not above twice that, 13.3)" in demo.gap_sentence(-0.03, 0.5, 10)
 
 
 def test_demo_is_the_default_command(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,7 @@
 Three commands:
 
 * ``perturbnn-repro demo [options]`` (also what ``perturbnn-repro`` runs without a command):
-  one short run, about a minute on 2 CPU cores, printing the exact accuracy against the
+  one short run, about 1.5 minutes on 2 quiet CPU cores, printing the exact accuracy against the
   original method's figure (:mod:`perturbnn.repro.cli.demo`).
 * ``perturbnn-repro reproduce [options]``: the seed's eight experiments at one scale
   (``--scale cpu`` by default) over seeds (``1 2 3`` by default), then the report
@@ -31,7 +31,7 @@ _USAGE = f"""usage: {PROG} [demo] [options]        one short run: exact vs origi
        {PROG} reproduce [options]     the eight experiments over seeds, and the report
        {PROG} train [options]         one run with the seed's main.py flags
 
-Without a command, {PROG} runs `demo`: one short CIFAR-10 run (about a minute on 2 CPU
+Without a command, {PROG} runs `demo`: one short CIFAR-10 run (about 1.5 minutes on 2 quiet CPU
 cores) printing the exact test accuracy, the original method's figure and the gap. The full
 reproduction is `reproduce` (about 35 minutes on 2 cores at its defaults). The data is looked
 for in --data-dir, else $PERTURBNN_DATA_DIR, else ./data or ../shared/data (the first that

@@ -1,5 +1,5 @@
 """``perturbnn-repro demo`` (what ``perturbnn-repro`` runs without a command): one short run
-that shows the seed's main finding on the metric, in about a minute on a 2-core CPU.
+that shows the seed's main finding on the metric, in about one and a half minutes on 2 quiet CPU cores.
 
 It trains the seed's ``no-noise-1x1`` experiment (PNN ResNet-18 with 1x1 layers and no noise,
 the seed's reference for the noise variants; ``--experiment`` picks another) at an eighth of
@@ -78,8 +78,9 @@ def gap_sentence(gap: float, accuracy: float, batch_size: int) -> str:
         )
     return (
         f"At this size the original-method figure swings by about {100 * noise:.1f} points "
-        f"from batch to batch, so the gap of one short run ({100 * gap:+.1f} points) is not "
-        "reliably positive; `perturbnn-repro reproduce` measures it over three seeds."
+        f"from batch to batch, so the gap of one short run ({100 * gap:+.1f} points, not above "
+        f"twice that, {200 * noise:.1f}) is not reliably positive; `perturbnn-repro reproduce` "
+        "measures it over three seeds."
     )
 
 
@@ -142,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     echo(
         f"demo: the seed's {args.experiment!r} experiment at width {config.nfilters}, "
         f"{DEMO_EPOCHS} epochs on {DEMO_TRAIN:,} training images, tested every epoch on "
-        f"{DEMO_TEST:,} test images (about a minute on 2 CPU cores)"
+        f"{DEMO_TEST:,} test images (about 1.5 minutes on 2 quiet CPU cores)"
     )
     log_to_stdout()
     try:
