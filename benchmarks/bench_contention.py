@@ -19,14 +19,14 @@ Each row runs in two thread modes, interleaved step by step so that a change of 
   processes keep the CPUs busy; the guard decides between steps as the training loop does).
 
 The table gives medians and the busy/quiet ratio (an even share of 2 cores with a 2-thread
-competitor is 2x). With ``--main-job short`` (default) or ``full`` it also times the README's
-main job (``python -m perturbnn.repro``) quiet and busy, once with the harness's choice and once
-with ``--threads N`` (fixed, torch's count); ``short`` runs two of its experiments for one epoch
-on subsets, ``full`` the whole job (over an hour on 2 cores, more when busy).
+competitor is 2x). It then times the README's main job (``python -m perturbnn.repro``, the
+demo: about 1.5 minutes on 2 quiet cores) quiet and busy, once with the harness's choice and
+once with ``--threads N`` (fixed, torch's count; ``--main-job harness`` skips this one); a busy
+run still going after ``--main-job-limit`` times its quiet time is stopped and shown as ``>``.
 
 Usage::
 
-    python benchmarks/bench_contention.py                   # about 10 minutes on 2 cores
+    python benchmarks/bench_contention.py                   # about 25 minutes on 2 cores
     python benchmarks/bench_contention.py --quick --main-job skip
     python benchmarks/bench_contention.py --json benchmarks/results/contention.json
 
@@ -36,14 +36,16 @@ Not part of the test run: it prints a table and checks nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import json
 import os
 import platform
+import shlex
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,27 +225,29 @@ def run_phase(
 
 
 def main_job(
-    kind: str, data_dir: Path, threads: int, out: Path, busy: bool, harness: bool
-) -> float:
-    command = [sys.executable, "-m", "perturbnn.repro", "reproduce", "--data-dir", str(data_dir)]
-    command += ["--out-dir", str(out / "runs"), "--report", str(out / "report.md")]
-    command += ["--img-dir", str(out / "img"), "--gpu-runs", "", "--force"]
-    if kind == "short":
-        command += ["--only", "baseline", "pnn-fanout64-shared", "--nepochs", "1"]
-        command += ["--train-subset", "1000", "--test-subset", "500", "--seeds", "1"]
-    if not harness:
+    data_dir: Path, threads: Optional[int], busy: bool, limit: Optional[float]
+) -> tuple[float, bool]:
+    """Wall seconds of the README main job (``python -m perturbnn.repro``, the demo), and
+    whether it finished; a run still going after ``limit`` seconds is stopped there."""
+    command = [sys.executable, "-m", "perturbnn.repro", "demo", "--data-dir", str(data_dir)]
+    if threads is not None:
         command += ["--threads", str(threads)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    start = time.perf_counter()
-    if busy:
-        with Competitor():
-            done = subprocess.run(command, capture_output=True, text=True, env=env)
-    else:
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-    took = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"the main job failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return took
+    with contextlib.ExitStack() as stack:
+        if busy:
+            stack.enter_context(Competitor())
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            out, err = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return time.perf_counter() - start, False
+        took = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"the main job failed:\n{out.decode()[-2000:]}\n{err.decode()[-2000:]}")
+    return took, True
 
 
 def ratio(busy: list[float], quiet: list[float]) -> float:
@@ -256,7 +260,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="rounds per phase")
     parser.add_argument("--cap", type=float, default=40.0, help="seconds per row and phase")
     parser.add_argument("--quick", action="store_true", help="3 rounds, 15 s cap per row")
-    parser.add_argument("--main-job", choices=("short", "full", "skip"), default="short")
+    parser.add_argument(
+        "--main-job",
+        choices=("both", "harness", "skip"),
+        default="both",
+        help="time the README main job (the demo) quiet and busy: with the harness's thread "
+        "choice and with --threads fixed (both), the harness's only, or not at all",
+    )
+    parser.add_argument(
+        "--main-job-limit",
+        type=float,
+        default=6.0,
+        help="stop a busy main job after this many times its quiet time (reported as '>')",
+    )
     parser.add_argument("--skip-steps", action="store_true", help="only the README main job")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -275,7 +291,13 @@ def main() -> None:
     print(
         f"{args.repeats} interleaved rounds per phase, at most {args.cap:.0f} s per row and phase"
     )
-    results: dict[str, object] = {"threads": threads, "torch": torch.__version__}
+    results: dict[str, object] = {
+        "threads": threads,
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "benchmarks/bench_contention.py", *sys.argv[1:]]),
+        "repeats": args.repeats,
+    }
     if not args.skip_steps:
         rows = layer_rows() + train_rows(args.data_dir)
         for row in rows:  # first steps (torch.compile compiles there, once per thread count)
@@ -336,17 +358,23 @@ def main() -> None:
         results["steps"] = table
 
     if args.main_job != "skip":
-        print(f"\nREADME main job ({args.main_job}): python -m perturbnn.repro")
+        print("\nREADME main job: python -m perturbnn.repro (the demo), quiet then busy")
         check_quiet("before the main job")
         jobs = []
-        with tempfile.TemporaryDirectory() as tmp:
-            for harness in (True, False):
-                quiet = main_job(args.main_job, args.data_dir, threads, Path(tmp), False, harness)
-                busy = main_job(args.main_job, args.data_dir, threads, Path(tmp), True, harness)
-                label = "harness" if harness else f"--threads {threads}"
-                jobs.append({"mode": label, "quiet_s": quiet, "busy_s": busy})
-                print(f"  {label}: quiet {quiet:.0f} s, busy {busy:.0f} s, {busy / quiet:.1f}x")
-        results["main_job"] = {"kind": args.main_job, "runs": jobs}
+        modes: list[Optional[int]] = [None] if args.main_job == "harness" else [None, threads]
+        for fixed in modes:
+            quiet, _ = main_job(args.data_dir, fixed, busy=False, limit=None)
+            busy, done = main_job(
+                args.data_dir, fixed, busy=True, limit=args.main_job_limit * quiet
+            )
+            label = "harness" if fixed is None else f"--threads {fixed}"
+            jobs.append({"mode": label, "quiet_s": quiet, "busy_s": busy, "finished": done})
+            mark = "" if done else ">"
+            print(
+                f"  {label}: quiet {quiet:.0f} s, busy {mark}{busy:.0f} s "
+                f"({mark}{busy / quiet:.1f}x{'' if done else ', stopped'})"
+            )
+        results["main_job"] = {"command": "python -m perturbnn.repro", "runs": jobs}
     results["after_others_cpu"] = check_quiet("at the end")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from perturbnn.repro import runtime
+from perturbnn.repro.cli import demo as demo_cli
 from perturbnn.repro.cli import reproduce as reproduce_cli
 from perturbnn.repro.cli import train as train_cli
 from perturbnn.repro.runtime import (
@@ -239,7 +240,7 @@ def test_adaptive_run_installs_and_removes_the_guard(monkeypatch: pytest.MonkeyP
 # ------------------------------------------------------------------------------ the command line
 
 
-@pytest.mark.parametrize("module", [train_cli, reproduce_cli])
+@pytest.mark.parametrize("module", [train_cli, reproduce_cli, demo_cli])
 @pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
 def test_threads_flag_is_checked_and_named(
     module: Any, value: str, capsys: pytest.CaptureFixture[str]
@@ -252,9 +253,59 @@ def test_threads_flag_is_checked_and_named(
     assert len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("module", [train_cli, reproduce_cli])
+@pytest.mark.parametrize("module", [train_cli, reproduce_cli, demo_cli])
 def test_threads_flag_is_parsed(module: Any) -> None:
     assert module.build_parser().parse_args(["--threads", "3"]).threads == 3
+    assert module.build_parser().parse_args([]).threads is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "line", "guarded"),
+    [
+        (["--threads", "1"], "threads: 1 (--threads)", False),
+        (
+            [],
+            "threads: 2 (the CPUs this process may use: 2); fewer while other processes keep the CPUs busy",
+            True,
+        ),
+    ],
+)
+def test_demo_runs_under_the_thread_choice_and_restores_it(
+    flags: list[str],
+    line: str,
+    guarded: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The README's main job: the same choice, printed once, and the guard while it trains.
+    for var in runtime.THREAD_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(runtime, "available_cpus", lambda *a, **k: 2)
+    monkeypatch.setattr(runtime, "_affinity", lambda: {0, 1})
+    monkeypatch.setattr(runtime, "_torch_defaults", lambda available: {2})
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen: list[tuple[int, bool]] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(config: Any, logger: Any = None) -> Any:
+        seen.append((torch.get_num_threads(), runtime._GUARD[0] is not None))
+        raise Stop
+
+    monkeypatch.setattr(demo_cli, "run_experiment", fake_run)
+    monkeypatch.setattr(demo_cli, "log_to_stdout", lambda: None)  # no handler on capsys's stream
+    try:
+        with pytest.raises(Stop):
+            demo_cli.main(flags)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(original)
+    out = capsys.readouterr().out
+    assert [x for x in out.splitlines() if x.startswith("threads:")] == [line]
+    assert seen == [(int(line.split()[1]), guarded)]
+    assert after == 2 and runtime._GUARD[0] is None
 
 
 def test_threads_flag_is_not_part_of_the_run_configuration() -> None:

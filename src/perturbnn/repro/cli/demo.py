@@ -28,12 +28,19 @@ import math
 from collections.abc import Sequence
 from typing import Optional
 
-from perturbnn.repro.cli.output import Parser, choice, echo, flag_names, name_flags
+from perturbnn.repro.cli.output import (
+    Parser,
+    choice,
+    echo,
+    flag_names,
+    name_flags,
+    threads_arg,
+)
 from perturbnn.repro.config import RunConfig
 from perturbnn.repro.data import DataCorruptError, DataNotFoundError
 from perturbnn.repro.experiments import EXPERIMENTS, list_experiments
 from perturbnn.repro.run import run_experiment
-from perturbnn.repro.runtime import log_to_stdout
+from perturbnn.repro.runtime import log_to_stdout, threads_for_run
 
 __all__ = ["DEMO_EPOCHS", "DEMO_TEST", "DEMO_TRAIN", "build_parser", "gap_sentence", "main"]
 
@@ -109,6 +116,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help=f"the preset to run (default {DEMO_EXPERIMENT!r})",
     )
     parser.add_argument("--manual-seed", type=int, default=1, help="the run's seed (default 1)")
+    parser.add_argument(
+        "--threads",
+        type=threads_arg,
+        default=None,
+        metavar="N",
+        help="CPU threads (default: $OMP_NUM_THREADS if set, else the CPUs this process may "
+        "use, fewer while other processes keep them busy)",
+    )
     parser.add_argument("--progress", action="store_true", help="show tqdm bars")
     return parser
 
@@ -147,7 +162,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     log_to_stdout()
     try:
-        summary = run_experiment(config, logger=logging.getLogger("perturbnn.repro.fit"))
+        with threads_for_run(args.threads) as plan:
+            echo(plan.describe())
+            summary = run_experiment(config, logger=logging.getLogger("perturbnn.repro.fit"))
     except (DataNotFoundError, DataCorruptError, ValueError, OSError) as exc:
         echo(f"error: {name_flags(str(exc), flags)}", err=True)
         return 2
