@@ -170,7 +170,13 @@ def layer_rows() -> list[Row]:
 
 def train_rows(data_dir: Path) -> list[Row]:
     batches = load_batches(data_dir, 32, 4)
-    options = {"nfilters": 16, "nmasks": 16, "unique_masks": False, "first_filter_size": 3}
+    options = {
+        "nfilters": 16,
+        "nmasks": 16,
+        "unique_masks": False,
+        "first_filter_size": 3,
+        "input_size": 32,
+    }
     torch.manual_seed(0)
     reference = build_model("perturb_resnet18", impl="grouped", **options)
     rows = []

@@ -89,6 +89,7 @@ def main() -> None:
         "first_filter_size": 3,
         "act": args.act,
         "train_masks": args.train_masks,
+        "input_size": 32,  # masks drawn at construction, so the copies below share them
     }
     torch.manual_seed(0)
     reference = build_model("perturb_resnet18", impl="grouped", **options)

@@ -50,7 +50,7 @@ def test_conv_weights_follow_the_fan_out_rule(out_channels, in_per_group, groups
 
 def test_whole_network_batchnorm_and_untouched_modules():
     torch.manual_seed(0)
-    model = build_model("lenet", nfilters=6, nmasks=2, act="prelu", mix_maps=True)
+    model = build_model("lenet", nfilters=6, nmasks=2, act="prelu", mix_maps=True, input_size=32)
     for module in model.modules():  # make every BatchNorm differ from 1 / 0
         if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
             nn.init.uniform_(module.weight, 2, 3)
@@ -105,6 +105,33 @@ def test_returns_the_model_and_works_in_double_and_on_meta():
     meta = build_model("cifarnet", nfilters=4, device="meta")
     init_weights_(meta)  # no data to fill; must not fail
     assert perturbnn.init_weights_ is init_weights_
+
+
+@pytest.mark.parametrize("name", ["lenet", "cifarnet", "perturb_resnet18"])
+def test_lazy_model_before_its_first_forward_gets_the_sized_models_weights(name):
+    """input_size=None (the default): the convolutions get the same draws as a sized model."""
+    options = {"nfilters": 4, "first_filter_size": 3}
+    lazy = init_weights_(build_model(name, **options), generator=torch.Generator().manual_seed(5))
+    sized = build_model(name, input_size=32, **options)
+    init_weights_(sized, generator=torch.Generator().manual_seed(5))
+    convs = [
+        (a.weight, b.weight)
+        for a, b in zip(lazy.modules(), sized.modules())
+        if isinstance(a, (nn.Conv2d, perturbnn.PerturbConv2d))
+    ]
+    assert convs and all(torch.equal(a, b) for a, b in convs)
+    assert lazy(torch.randn(2, 3, 32, 32)).shape == (2, 10)  # the lazy parts materialize after
+
+
+def test_uninitialized_weights_it_would_draw_are_refused_before_any_draw():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LazyConv2d(5, 3), nn.LazyBatchNorm2d())
+    before = model[0].weight.detach().clone()
+    with pytest.raises(ValueError, match=r"\['1.weight', '1.bias'\].*forward"):
+        init_weights_(model)
+    assert torch.equal(model[0].weight, before)
+    model(torch.randn(1, 3, 8, 8))
+    init_weights_(model)
+    assert torch.equal(model[2].weight, torch.ones(5))
 
 
 def test_bad_arguments():

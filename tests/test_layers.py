@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn.parameter import is_lazy
 
+import perturbnn
 from perturbnn import ACTIVATIONS, MixMaps, NoiseMask, PerturbConv2d, PerturbLayer
 
 
@@ -299,24 +301,26 @@ def test_lazy_generator_gives_reproducible_masks():
     assert not torch.equal(a.noise.masks, c.noise.masks)
 
 
-def test_lazy_state_dict_round_trips_before_and_after_materialization():
+@pytest.mark.parametrize("train_masks", [False, True])
+def test_lazy_state_dict_round_trips_before_and_after_materialization(train_masks):
     x = torch.randn(2, 3, 6, 5)
-    lazy_state = PerturbConv2d(3, 6, 2).state_dict()
-    fresh = PerturbConv2d(3, 6, 2)
+    lazy_state = PerturbConv2d(3, 6, 2, train_masks=train_masks).state_dict()
+    fresh = PerturbConv2d(3, 6, 2, train_masks=train_masks)
     fresh.load_state_dict(lazy_state)  # lazy into lazy: stays lazy
     assert fresh.input_size is None
+    assert is_lazy(fresh.noise.masks) == train_masks  # trainable: torch's UninitializedParameter
     assert fresh(x).shape == (2, 6, 6, 5)
 
-    trained = PerturbConv2d(3, 6, 2, use_act=True)
+    trained = PerturbConv2d(3, 6, 2, use_act=True, train_masks=train_masks)
     expected = trained(x)
     state = trained.state_dict()
     assert state["noise.masks"].shape == (3, 2, 6, 5)
-    restored = PerturbConv2d(3, 6, 2, use_act=True)
+    restored = PerturbConv2d(3, 6, 2, use_act=True, train_masks=train_masks)
     restored.load_state_dict(state)  # materialized into lazy: materializes
     assert restored.input_size == (6, 5)
     assert torch.equal(restored.noise.masks, trained.noise.masks)
     assert torch.equal(restored(x), expected)
-    other = PerturbConv2d(3, 6, 2, use_act=True, input_size=4)
+    other = PerturbConv2d(3, 6, 2, use_act=True, input_size=4, train_masks=train_masks)
     with pytest.raises(RuntimeError, match="size mismatch"):
         other.load_state_dict(state)
 
@@ -362,7 +366,10 @@ def test_lazy_trainable_masks_keep_their_parameter_for_an_optimizer():
     layer = PerturbConv2d(2, 4, 2, train_masks=True, level=1.0)
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
     masks = layer.noise.masks
+    assert isinstance(masks, torch.nn.parameter.UninitializedParameter)
+    assert perturbnn.count_mask_values(layer) == 0
     layer(torch.randn(2, 2, 3, 3)).pow(2).sum().backward()
+    assert type(masks) is torch.nn.Parameter  # materialized in place, as torch's lazy modules
     assert layer.noise.masks is masks and masks.grad is not None
     before = masks.detach().clone()
     optimizer.step()

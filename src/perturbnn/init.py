@@ -13,6 +13,7 @@ from typing import Optional, TypeVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 from perturbnn.layers import PerturbConv2d
 
@@ -48,6 +49,14 @@ def init_weights_(model: M, *, generator: Optional[torch.Generator] = None) -> M
     seed gives the same weights on every device. A parameter shared by several modules is
     drawn again at each visit (the last draw stays).
 
+    Lazy models: a model built with ``input_size=None`` can be initialized before its first
+    forward. Its noise masks and the ``nn.LazyLinear`` head of ``lenet``/``cifarnet`` are not
+    touched (they are drawn on the first forward, with PyTorch's defaults, like a sized
+    model's ``nn.Linear`` and masks), and its convolution weights are drawn exactly as for the
+    same model built with an ``input_size``. A still-uninitialized weight that this function
+    would draw (``nn.LazyConv2d``, ``nn.LazyBatchNorm2d``) is refused with a ``ValueError``
+    before anything is drawn: run one forward first, as torch recommends for lazy modules.
+
     Source: the seed's initialization (``main.py``/``models.py`` of the reproduction); He et al.,
     "Delving Deep into Rectifiers", ICCV 2015 (fan-out variant).
 
@@ -61,7 +70,8 @@ def init_weights_(model: M, *, generator: Optional[torch.Generator] = None) -> M
     Raises:
         TypeError: if ``model`` is not an ``nn.Module`` or ``generator`` not a
             ``torch.Generator``.
-        ValueError: if ``generator`` is not a CPU generator.
+        ValueError: if ``generator`` is not a CPU generator, or a convolution or BatchNorm
+            parameter is uninitialized (a torch lazy module before its first forward).
 
     Example::
 
@@ -80,6 +90,18 @@ def init_weights_(model: M, *, generator: Optional[torch.Generator] = None) -> M
             )
         if generator.device.type != "cpu":
             raise ValueError(f"generator must be a CPU torch.Generator, got {generator.device}")
+    lazy = [
+        f"{name or '(model)'}.{pname}"
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, PerturbConv2d, nn.BatchNorm2d, nn.SyncBatchNorm))
+        for pname, param in module.named_parameters(recurse=False)
+        if is_lazy(param)
+    ]
+    if lazy:
+        raise ValueError(
+            f"init_weights_ cannot draw uninitialized (lazy) parameters {lazy[:3]}: run one "
+            "forward on an input of the data's size first, then call init_weights_"
+        )
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, PerturbConv2d)):
             out_channels, _, kernel_h, kernel_w = module.weight.shape

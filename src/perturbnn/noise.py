@@ -8,11 +8,12 @@ the options of the independent reproduction (seed notes: ``--nmasks``, ``--uniqu
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter, is_lazy
 
 from perturbnn import functional as PF
 from perturbnn._validation import (
@@ -66,7 +67,11 @@ class NoiseMask(LazyModuleMixin, nn.Module):
     at construction (and by :meth:`reset_parameters`); ``forward`` adds ``level`` times them.
     Fixed masks are a buffer: they follow ``.to()``, are saved in ``state_dict()`` and never change
     during ``forward``, ``train()``/``eval()`` or an optimizer step. With ``train_masks=True`` they
-    are an ``nn.Parameter`` and are learned with the rest of the network.
+    are an ``nn.Parameter`` and are learned with the rest of the network; a lazy module's
+    trainable masks are an ``nn.parameter.UninitializedParameter`` until the first forward
+    materializes them in place, as in torch's lazy modules: an optimizer built before holds the
+    same object and trains them, and ``DistributedDataParallel``, which records parameter
+    shapes when it is built, refuses the module until then ("Run a dummy forward pass").
 
     Source: PNN, Sec. 3 (fixed noise masks); the seed's ``--nmasks``, ``--unique_masks``,
     ``--train_masks``, ``--noise_type`` and ``--level`` options.
@@ -141,12 +146,16 @@ class NoiseMask(LazyModuleMixin, nn.Module):
             )
         #: Seed of the lazy masks (drawn from ``generator``), or ``None`` for the global RNG.
         self.seed: Optional[int] = None
-        shape = (channels if unique_masks else 1, nmasks, *(self.input_size or (0, 0)))
-        masks = torch.empty(shape, device=device, dtype=dtype)
-        if train_masks:
-            self.masks = nn.Parameter(masks)
+        if train_masks and self.input_size is None:
+            # torch's lazy parameter: DistributedDataParallel refuses it, naming the fix, until
+            # the first forward gives it a shape (see ``_allocate``).
+            factory: dict[str, Any] = {"device": device, "dtype": dtype}  # untyped in torch stubs
+            self.masks = UninitializedParameter(**factory)
+        elif train_masks:
+            self.masks = nn.Parameter(torch.empty(self._shape(), device=device, dtype=dtype))
         else:
-            self.register_buffer("masks", masks)
+            shape = self._shape() if self.input_size is not None else (*self._shape()[:2], 0, 0)
+            self.register_buffer("masks", torch.empty(shape, device=device, dtype=dtype))
         if self.input_size is None:
             if generator is not None:
                 self.seed = draw_seed(generator)
@@ -185,12 +194,21 @@ class NoiseMask(LazyModuleMixin, nn.Module):
         generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
         self.reset_parameters(generator)
 
+    def _shape(self, size: Optional[tuple[int, int]] = None) -> tuple[int, int, int, int]:
+        """Shape of the masks for maps of ``size`` (default: :attr:`input_size`)."""
+        height, width = size or self.input_size or (0, 0)
+        return (self.channels if self.unique_masks else 1, self.nmasks, height, width)
+
     def _allocate(self, size: tuple[int, int]) -> None:
         if self.input_size is not None:
             raise RuntimeError(f"the masks already have a size, {self.input_size}")
-        shape = (self.masks.shape[0], self.nmasks, *size)
-        with torch.no_grad():
-            self.masks.data = torch.empty(shape, device=self.masks.device, dtype=self.masks.dtype)
+        if is_lazy(self.masks):
+            cast(UninitializedParameter, self.masks).materialize(self._shape(size))
+        else:
+            with torch.no_grad():
+                self.masks.data = torch.empty(
+                    self._shape(size), device=self.masks.device, dtype=self.masks.dtype
+                )
         self.input_size = size
 
     def _lazy_load_hook(  # type: ignore[override]
@@ -205,7 +223,12 @@ class NoiseMask(LazyModuleMixin, nn.Module):
     ) -> None:
         """Before ``load_state_dict``: a lazy module takes the size of materialized masks."""
         incoming = state_dict.get(prefix + "masks")
-        if self.input_size is None and isinstance(incoming, Tensor) and incoming.dim() == 4:
+        if (
+            self.input_size is None
+            and isinstance(incoming, Tensor)
+            and not is_lazy(incoming)
+            and incoming.dim() == 4
+        ):
             height, width = int(incoming.shape[2]), int(incoming.shape[3])
             if height > 0 and width > 0:
                 self._allocate((height, width))

@@ -6,6 +6,7 @@ Source: the seed's parameter table ("N regular parameters, M noise mask values")
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from perturbnn.layers import NoiseMask
 
@@ -26,17 +27,31 @@ def count_parameters(model: nn.Module) -> int:
         The sum of ``numel()`` over parameters with ``requires_grad`` that are not
         :class:`~perturbnn.NoiseMask` masks.
 
+    Raises:
+        ValueError: if a counted parameter is still uninitialized (a lazy module, such as the
+            ``nn.LazyLinear`` head of ``lenet``/``cifarnet`` built with ``input_size=None``,
+            before its first forward): its size is not known yet.
+
     Example::
 
         >>> count_parameters(nn.Linear(3, 2))
         8
     """
     masks = _mask_ids(model)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in masks)
+    counted = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in masks]
+    lazy = [name for name, p in counted if is_lazy(p)]
+    if lazy:
+        raise ValueError(
+            f"model has uninitialized (lazy) parameters {lazy[:3]}: run one forward on an input "
+            "of the data's size first (or build the model with input_size) to count them"
+        )
+    return sum(p.numel() for _, p in counted)
 
 
 def count_mask_values(model: nn.Module) -> int:
     """Number of noise-mask values of all :class:`~perturbnn.NoiseMask` s, fixed or trainable.
+
+    Lazy masks (``input_size=None``) count 0 until the first forward draws them.
 
     Example::
 
@@ -44,4 +59,6 @@ def count_mask_values(model: nn.Module) -> int:
         >>> count_mask_values(PerturbConv2d(3, 6, nmasks=2, input_size=4))
         96
     """
-    return sum(m.masks.numel() for m in model.modules() if isinstance(m, NoiseMask))
+    return sum(
+        m.masks.numel() for m in model.modules() if isinstance(m, NoiseMask) and not is_lazy(m.masks)
+    )

@@ -170,7 +170,9 @@ def test_use_act_only_in_first_layer_option():
 
 def test_same_generator_seed_same_model_masks():
     def masks(seed):
-        model = build_model("lenet", nfilters=4, generator=torch.Generator().manual_seed(seed))
+        model = build_model(
+            "lenet", nfilters=4, input_size=32, generator=torch.Generator().manual_seed(seed)
+        )
         return [b for n, b in model.named_buffers() if n.endswith("masks")]
 
     first, again, other = masks(1), masks(1), masks(2)
@@ -228,7 +230,7 @@ DEEP_TABLE = [
 @pytest.mark.parametrize(("name", "cifar", "cifar_masks", "imagenet", "imagenet_masks"), DEEP_TABLE)
 def test_deep_parameter_table(name, cifar, cifar_masks, imagenet, imagenet_masks):
     extra = {"first_filter_size": 7} if name.startswith("perturb") else {}
-    small = build_model(name, device="meta", **extra)
+    small = build_model(name, device="meta", input_size=32, **extra)
     assert (count_parameters(small), count_mask_values(small)) == (cifar, cifar_masks)
     large = build_model(name, device="meta", input_size=224, nclasses=1000, **extra)
     assert (count_parameters(large), count_mask_values(large)) == (imagenet, imagenet_masks)
@@ -268,7 +270,7 @@ def test_deep_shapes_cifar_imagenet_and_lazy(name):
     out = lazy(torch.randn(2, 3, 45, 61))  # any size, non-square, odd
     assert out.shape == (2, 5) and count_mask_values(lazy) > 0
     out.sum().backward()
-    with pytest.raises(ValueError, match="differs from the masks' size"):
+    with pytest.raises(ValueError, match=r"\(61, 45\) differs from the size \(45, 61\)"):
         lazy(torch.randn(2, 3, 61, 45))
 
 
@@ -283,10 +285,52 @@ def test_perturb_bottleneck_block():
         perturbnn.PerturbBottleneck(16, 0)
 
 
+def _small(name):
+    if name.startswith("perturb") or name in ("lenet", "cifarnet"):
+        return {"nfilters": 3, "nmasks": 2}  # fanout > 1 through every perturbation layer
+    return {"nfilters": 2}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_default_input_size_is_lazy_and_fixed_by_the_first_input(name):
+    """Every builder defaults to input_size=None: built on the first forward, then fixed."""
+    torch.manual_seed(0)
+    lazy = build_model(name, **_small(name))
+    assert lazy.config.input_size is None and count_mask_values(lazy) == 0
+    if name in ("lenet", "cifarnet"):  # the linear head is an nn.LazyLinear until then
+        with pytest.raises(ValueError, match=r"uninitialized.*forward"):
+            count_parameters(lazy)
+    sized = build_model(name, input_size=32, **_small(name))
+    assert lazy(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert count_parameters(lazy) == count_parameters(sized)
+    assert count_mask_values(lazy) == count_mask_values(sized)
+    assert [p.shape for p in lazy.parameters()] == [p.shape for p in sized.parameters()]
+    if name == "resnet18":  # no masks, global average pooling: nothing to fix
+        assert lazy(torch.randn(2, 3, 40, 24)).shape == (2, 10)
+    else:
+        with pytest.raises(ValueError, match=r"\(40, 24\) differs from .*\(32, 32\)"):
+            lazy(torch.randn(2, 3, 40, 24))
+    other = build_model(name, **_small(name))  # non-square
+    out = other(torch.randn(2, 3, 40, 24))
+    assert out.shape == (2, 10)
+    out.sum().backward()
+
+
 @pytest.mark.parametrize("name", ["lenet", "cifarnet"])
-def test_plain_nets_need_an_input_size(name):
-    with pytest.raises(ValueError, match="needs input_size"):
-        build_model(name, input_size=None)
+def test_lazy_plain_nets_check_the_size_before_any_layer_runs(name):
+    model = build_model(name, nfilters=4, filter_size=3, first_filter_size=3)  # no masks at all
+    with pytest.raises(ValueError, match="at least 8 pixels"):
+        model(torch.randn(2, 3, 6, 32))
+    model(torch.randn(2, 3, 40, 24))
+    with pytest.raises(ValueError, match=r"\(32, 32\) differs from the size \(40, 24\)"):
+        model(torch.randn(2, 3, 32, 32))
+    fresh = build_model(name, nfilters=4, filter_size=3, first_filter_size=3)
+    fresh.load_state_dict(model.state_dict())  # materializes the lazy linear layer
+    with pytest.raises(ValueError, match="materialized for"):
+        fresh(torch.randn(2, 3, 32, 32))
+    model.eval(), fresh.eval()
+    x = torch.randn(2, 3, 40, 24)
+    assert torch.equal(fresh(x), model(x))
 
 
 def test_lazy_network_state_dict_materializes_a_fresh_lazy_network():

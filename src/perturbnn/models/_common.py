@@ -10,7 +10,7 @@ from perturbnn._validation import check_batch
 from perturbnn.layers import PerturbLayer, conv_output_size
 from perturbnn.models._config import ModelConfig
 
-__all__ = ["check_model_input", "make_pool", "stem_layer"]
+__all__ = ["check_first_input_size", "check_model_input", "make_pool", "stem_layer"]
 
 _POOLS: dict[str, type[nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
@@ -65,6 +65,26 @@ def stem_layer(config: ModelConfig) -> tuple[PerturbLayer, Optional[int]]:
     if config.input_size is None:
         return layer, None
     return layer, conv_output_size(config.input_size, config.first_filter_size)
+
+
+def check_first_input_size(x: Tensor, first: Optional[tuple[int, int]]) -> tuple[int, int]:
+    """Return ``x``'s ``(height, width)``; raise if a lazy network's first input had another.
+
+    Args:
+        x: a validated ``Tensor[batch_size, in_channels, height, width]``.
+        first: the size of the network's first input, ``None`` before it.
+
+    Raises:
+        ValueError: naming both sizes, if ``first`` is given and differs.
+    """
+    size = (int(x.shape[2]), int(x.shape[3]))
+    if first is not None and size != first:
+        raise ValueError(
+            f"input spatial size {size} differs from the size {first} of the network's first "
+            "input (input_size=None fixes the network, its noise masks and linear layer, to "
+            "its first input's size)"
+        )
+    return size
 
 
 def check_model_input(x: Tensor, config: ModelConfig, reference: Tensor) -> None:

@@ -73,8 +73,12 @@ class ModelConfig:
             ``"eager"`` or ``"compiled"`` (see :class:`~perturbnn.PerturbConv2d`). It does not
             change the network, so every builder accepts it (those without perturbation layers
             ignore it).
-        input_size: side of the square input images, pixels; ``None`` (ResNets only): any
-            height and width, the noise masks are drawn on the first forward (lazy).
+        input_size: side of the square input images, pixels; ``None`` (the default): lazy, the
+            first input's height and width (square or not) fix the network: the noise masks
+            are drawn and the linear head of ``lenet``/``cifarnet`` is sized
+            (``nn.LazyLinear``) on the first forward. Give it to build everything up front
+            (the reproduction harness does: its parameter counts and initialization are
+            those of the given size).
         in_channels: channels of the input images (3 for CIFAR-10, 1 for MNIST).
         generator: CPU ``torch.Generator`` for the noise masks (default: global RNG).
         device, dtype: factory keyword arguments.
@@ -96,7 +100,7 @@ class ModelConfig:
     noise_type: str = "uniform"
     mix_maps: bool = False
     impl: str = "auto"
-    input_size: Optional[int] = 32
+    input_size: Optional[int] = None
     in_channels: int = 3
     generator: Optional[torch.Generator] = None
     device: Union[torch.device, str, int, None] = None

@@ -15,8 +15,13 @@ from torch import Tensor, nn
 from typing_extensions import Unpack
 
 from perturbnn.activations import make_activation
-from perturbnn.layers import PerturbLayer
-from perturbnn.models._common import check_model_input, make_pool, stem_layer
+from perturbnn.layers import NoiseMask, PerturbLayer
+from perturbnn.models._common import (
+    check_first_input_size,
+    check_model_input,
+    make_pool,
+    stem_layer,
+)
 from perturbnn.models._config import ModelConfig, ModelOptions
 from perturbnn.models._registry import register_model
 from perturbnn.models.blocks import EXPANSION, BasicBlock, NoiseLayer, PerturbBottleneck
@@ -60,13 +65,21 @@ class ResNet(nn.Module):
         self.stem = stem
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.linear = nn.Linear(features, config.nclasses, **config.factory_kwargs)
+        #: ``(height, width)`` of the first input of a lazy network with noise masks (``None``
+        #: before it, and for a network without masks, which takes any size).
+        self.first_input_size: Optional[tuple[int, int]] = None
+        self.has_masks = any(isinstance(m, NoiseMask) for m in self.modules())
 
     def forward(self, x: Tensor) -> Tensor:
         check_model_input(x, self.config, self.linear.weight)
+        fixes = self.config.input_size is None and self.has_masks
+        size = check_first_input_size(x, self.first_input_size) if fixes else None
         x = self.stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         logits: Tensor = self.linear(x)
+        if fixes and self.first_input_size is None:
+            self.first_input_size = size
         return logits
 
 
