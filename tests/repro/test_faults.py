@@ -302,9 +302,16 @@ def test_handle_signals_false_leaves_ctrl_c_alone(tmp_path: Path) -> None:
     AtForward(model, at=2, action=send(signal.SIGINT))
     train, test = loaders()
     optimizer = make_optimizer("Adam", model, lr=0.01)
-    with pytest.raises(KeyboardInterrupt) as info:
-        fit(model, train, test, optimizer=optimizer, epochs=2, device="cpu", progress=False,
-            handle_signals=False)  # fmt: skip
+    # Python's own Ctrl-C handler, as in a terminal: a job started in the background by a
+    # non-interactive shell (`cmd &`) inherits SIGINT ignored, and Python then keeps it ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            fit(model, train, test, optimizer=optimizer, epochs=2, device="cpu", progress=False,
+                handle_signals=False)  # fmt: skip
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not isinstance(info.value, TrainingInterrupted)
 
 
