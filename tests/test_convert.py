@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -134,7 +137,7 @@ def test_include_exclude_keep_first_mix_maps_and_inplace():
     _, report = convert(model, keep_first=False, include="0")
     assert [layer.replaced for layer in report.layers] == [True, False]
     assert report.layers[1].reason == "not matched by include"
-    _, report = convert(model, keep_first=False, exclude=["2", "9*"])
+    _, report = convert(model, keep_first=False, exclude=["2", "2*"])
     assert [layer.replaced for layer in report.layers] == [True, False]
     assert report.layers[1].reason == "matched by exclude pattern '2'"
     converted, _ = convert(model, mix_maps=True)
@@ -165,6 +168,9 @@ def test_generator_makes_the_conversion_reproducible():
         ({"level": -1.0}, ValueError, "level"),
         ({"noise_type": "gauss"}, ValueError, "noise_type"),
         ({"include": 3}, TypeError, "include"),
+        ({"include": "nothing.*"}, ValueError, r"include pattern 'nothing\.\*' matches no "),
+        ({"include": ["1", "layer4"]}, ValueError, r"include pattern 'layer4' .*'0', '1'"),
+        ({"exclude": ["0", "9*"]}, ValueError, r"exclude pattern '9\*' matches no "),
         ({"exclude": [1]}, TypeError, "exclude"),
         ({"inplace": 1}, TypeError, "inplace"),
         ({"generator": 0}, TypeError, "generator"),
@@ -178,6 +184,22 @@ def test_bad_options_raise_before_any_change(kwargs, error, match):
     assert_identical(model, snap)
     with pytest.raises(TypeError, match="model"):
         convert("resnet18")  # type: ignore[arg-type]
+
+
+def test_size_mismatch_names_the_layer_and_the_image_size():
+    model, _ = convert(torchvision.models.resnet18(weights=None, num_classes=10))
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+        with pytest.raises(ValueError, match=r"^layer1\.0\.conv1: input spatial size") as info:
+            model(torch.randn(1, 3, 40, 40))
+    message = str(info.value)
+    assert "(10, 10) differs from the masks' size (8, 8)" in message
+    assert "size of the images fed to the network" in message
+    layer = PerturbConv2d(3, 6)  # not converted: no name, the same explanation
+    layer(torch.randn(1, 3, 5, 5))
+    with pytest.raises(ValueError, match=r"^input spatial size \(6, 6\) differs"):
+        layer(torch.randn(1, 3, 6, 6))
 
 
 def test_converted_resnet18_trains_on_cifar10(data_dir):
@@ -207,3 +229,27 @@ def test_converted_resnet18_trains_on_cifar10(data_dir):
             optimizer.step()
     end = full_loss()
     assert end < 0.8 * start, (start, end)
+
+
+@pytest.mark.slow
+def test_docs_convert_page_runs_as_written(data_dir, tmp_path, monkeypatch):
+    """Every Python block of docs/convert.md, in order: convert, train on CIFAR-10, export with a
+    dynamic batch; the saved ONNX graph then runs at batch 4 within 1e-4 of eager."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    page = Path(__file__).resolve().parents[1] / "docs" / "convert.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) >= 4
+    monkeypatch.setenv("PERTURBNN_DATA_DIR", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)
+    pnn = namespace["pnn"]
+    assert not pnn.training
+    session = ort.InferenceSession(str(tmp_path / "pnn.onnx"), providers=["CPUExecutionProvider"])
+    images = torch.randn(4, 3, 32, 32)
+    (out,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), pnn(images), rtol=1e-4, atol=1e-4)

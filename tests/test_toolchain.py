@@ -17,6 +17,7 @@ import torch._dynamo
 import torch.distributed as dist
 from torch import nn
 from torch.func import functional_call
+from torch.nn.parameter import is_lazy
 
 from perturbnn import (
     MixMaps,
@@ -156,6 +157,77 @@ def test_onnx_export_runs_in_onnxruntime(name):
     )
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     close(torch.from_numpy(out), y, 1e-4)
+
+
+def _export(module: nn.Module, x: torch.Tensor, exporter: str) -> None:
+    if exporter == "export":
+        torch.export.export(module, (x,))
+    elif exporter == "export-strict":
+        torch.export.export(module, (x,), strict=True)
+    elif exporter == "onnx-dynamo":
+        pytest.importorskip("onnxscript")
+        torch.onnx.export(module, (x,), dynamo=True, verbose=False)
+    elif exporter == "onnx-torchscript":
+        torch.onnx.export(module, (x,), io.BytesIO(), dynamo=False)
+    else:
+        torch.jit.trace(module, (x,))
+
+
+@pytest.mark.parametrize(
+    "exporter", ["export", "export-strict", "onnx-dynamo", "onnx-torchscript", "jit-trace"]
+)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "NoiseMask",
+        "PerturbConv2d-trained-masks",
+        "PerturbLayer",
+        "convert",
+        "lenet",
+        "perturb_resnet18",
+    ],
+)
+def test_export_before_first_forward_is_refused_and_leaves_the_module_usable(name, exporter):
+    """Exporting lazy masks is a clear error at export time; a forward then works as usual."""
+    module, x, _ = make(name, materialize=False)
+    untouched = copy.deepcopy(module)
+    # Trainable lazy masks and lenet's nn.LazyLinear head are UninitializedParameters: the
+    # non-strict exporters refuse those themselves, with torch's message, before any forward.
+    message = (
+        "run one forward pass on a real input|Call `forward` with a dummy batch"
+        "|uninitialized parameters .* forget to run a forward pass"
+    )
+    with pytest.raises((RuntimeError, ValueError), match=message):
+        _export(module, x, exporter)
+    masks = [m for m in module.modules() if isinstance(m, NoiseMask)]
+    assert masks and all(m.input_size is None for m in masks)
+    assert all(is_lazy(m.masks) or m.masks.numel() == 0 for m in masks)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        out = module(x)
+        torch.manual_seed(1)
+        close(out, untouched(x), 0.0)
+    assert all(m.input_size is not None and m.masks.numel() > 0 for m in masks)
+
+
+@pytest.mark.parametrize("name", ["convert", "perturb_resnet18"])
+def test_onnx_export_with_a_dynamic_batch(name):
+    """The export of docs/convert.md: a graph exported at batch 2 runs at batch 4 and 1."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    module, x, _ = make(name)
+    batch = torch.export.Dim("batch")
+    program = torch.onnx.export(
+        module, (x,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False
+    )
+    session = ort.InferenceSession(
+        program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    for size in (4, 1):
+        images = torch.randn(size, *x.shape[1:])
+        (out,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+        with torch.no_grad():
+            close(torch.from_numpy(out), module(images), 1e-4)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -143,6 +143,19 @@ def _patterns(name: str, value: Patterns) -> Optional[tuple[str, ...]]:
     )
 
 
+def _check_patterns_match(option: str, patterns: tuple[str, ...], names: list[str]) -> None:
+    """Refuse a pattern that matches no convolution's name: most likely a typo."""
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            shown = ", ".join(repr(name) for name in names[:6])
+            more = f", ... ({len(names)} in all)" if len(names) > 6 else ""
+            raise ValueError(
+                f"{option} pattern {pattern!r} matches no convolution's module name "
+                f"(fnmatch on the full name, e.g. 'layer4.*'); the model's convolutions: "
+                f"{shown or 'none'}{more}"
+            )
+
+
 def _pair(value: object) -> tuple[int, int]:
     if isinstance(value, tuple):
         return (int(value[0]), int(value[1]))
@@ -219,7 +232,8 @@ def convert(
     are lazy (drawn on the first forward at the input's size, so the model works at any
     resolution, one resolution per model). With ``mix_maps`` it is followed by
     :class:`~perturbnn.MixMaps`. The convolution's weights are not reused (a perturbation layer
-    has no kxk kernel): train the converted model.
+    has no kxk kernel): train the converted model. Each replacement's masks record its name in
+    the model (``noise.module_name``), so that a size error in the converted model names it.
 
     Left as they are, each with its reason in the report: transposed convolutions; grouped and
     depthwise convolutions (``groups > 1``); dilation > 1; unequal strides; a padding other
@@ -239,9 +253,10 @@ def convert(
             each replacement.
         unique_masks, noise_type: as in :class:`~perturbnn.PerturbConv2d`.
         keep_first: leave the first convolution found (the stem) regular.
-        include: module-name glob pattern(s) (``fnmatch``, e.g. ``"layer3.*"``); only matching
-            convolutions are replaced. ``None``: all.
-        exclude: module-name pattern(s) never replaced.
+        include: module-name glob pattern(s) (``fnmatch`` on the full qualified name, e.g.
+            ``"layer3.*"``); only matching convolutions are replaced. ``None``: all. Each
+            pattern must match at least one convolution's name.
+        exclude: module-name pattern(s) never replaced; each must match a convolution's name.
         inplace: change ``model`` itself; otherwise a deep copy is converted and ``model`` is
             left bit-identical.
         generator: CPU ``torch.Generator`` seeding the masks (default: the global RNG at the
@@ -252,7 +267,10 @@ def convert(
 
     Raises:
         TypeError: if ``model`` is not an ``nn.Module`` or an option has the wrong type.
-        ValueError: on an invalid option value (before anything is copied or changed).
+        ValueError: on an invalid option value, or an ``include``/``exclude`` pattern that
+            matches no convolution's name (a typo, most likely), before anything is copied or
+            changed. Later, in the converted model's forward: an input whose size differs from
+            the first input's, naming the first layer it reaches (its name in the model).
 
     Example::
 
@@ -282,6 +300,14 @@ def convert(
         raise TypeError(
             f"generator must be a torch.Generator or None, got {type(generator).__name__}"
         )
+
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))
+    ]
+    for option, patterns in (("include", include_patterns), ("exclude", exclude_patterns)):
+        _check_patterns_match(option, patterns or (), names)
 
     parameters_before = count_parameters(model)
     if not inplace:
@@ -318,6 +344,7 @@ def convert(
                 device=conv.weight.device,
                 dtype=conv.weight.dtype,
             )
+            layer.noise.module_name = (name + ".0" if mix_maps else name) or None
             replacement: nn.Module = layer
             if mix_maps:
                 replacement = nn.Sequential(

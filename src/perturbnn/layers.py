@@ -30,6 +30,7 @@ from perturbnn.noise import (
     DeviceLike,
     NoiseMask,
     drop_lazy_hooks,
+    refuse_tracing,
     replicate_materialized,
 )
 
@@ -195,7 +196,14 @@ class PerturbConv2d(LazyModuleMixin, nn.Module):
         return replicate_materialized(self)
 
     def initialize_parameters(self, x: Tensor, *args: Any, **kwargs: Any) -> None:
-        """Draw the masks for ``x``'s height and width if they have no size yet (lazy hook)."""
+        """Draw the masks for ``x``'s height and width if they have no size yet (lazy hook).
+
+        Raises:
+            RuntimeError: inside ``torch.export``, ``torch.onnx.export`` or ``torch.jit.trace``
+                (nothing is changed: run one forward pass on a real input first).
+        """
+        if self.noise.input_size is None:
+            refuse_tracing(self, x, getattr(self.noise, "module_name", None))
         self.noise.initialize_parameters(x)
         drop_lazy_hooks(self.noise)
 

@@ -50,6 +50,56 @@ def replicate_materialized(module: Any) -> Any:
     return nn.Module._replicate_for_data_parallel(module)  # type: ignore[no-untyped-call]
 
 
+def _is_fake(x: Tensor) -> bool:
+    try:
+        from torch._subclasses.fake_tensor import FakeTensor
+    except ImportError:  # pragma: no cover - private module moved
+        return False
+    return isinstance(x, FakeTensor)
+
+
+def tracer_name(x: Tensor) -> Optional[str]:
+    """The exporter or tracer running now, or ``None`` in eager mode and under ``torch.compile``.
+
+    ``torch.export`` (strict or not, and so ``torch.onnx.export(dynamo=True)``) is recognised by
+    ``torch.compiler.is_exporting`` (where torch has it; otherwise by its fake-tensor input
+    outside ``torch.compile``), the TorchScript exporter by ``torch.onnx.is_in_onnx_export`` and
+    ``torch.jit.trace`` by ``torch.jit.is_tracing``. (``torch.compile`` runs a lazy module's
+    first forward eagerly, so it may create the masks.)
+    """
+    compiler = getattr(torch, "compiler", None)
+    is_exporting = getattr(compiler, "is_exporting", None)
+    if is_exporting is not None and bool(is_exporting()):
+        return "torch.export"
+    if torch.onnx.is_in_onnx_export():
+        return "torch.onnx.export"
+    if torch._C._get_tracing_state() is not None:  # torch.jit.is_tracing(), typed
+        return "torch.jit.trace"
+    is_compiling = getattr(compiler, "is_compiling", None)
+    if is_exporting is None and _is_fake(x) and not (is_compiling and is_compiling()):
+        return "a fake-tensor trace"  # pragma: no cover - older torch
+    return None
+
+
+def refuse_tracing(module: nn.Module, x: Tensor, name: Optional[str] = None) -> None:
+    """Raise before a lazy layer would draw its masks inside an exporter or tracer.
+
+    A trace cannot create module state: the masks would be drawn into the graph (or on fake
+    tensors) and the module left with empty masks and no lazy hook. Nothing is changed here.
+
+    Raises:
+        RuntimeError: naming the module and the tracer, if one is running.
+    """
+    tracer = tracer_name(x)
+    if tracer is not None:
+        where = type(module).__name__ + (f" {name!r}" if name else "")
+        raise RuntimeError(
+            f"{where} has lazy noise masks (input_size=None) that are not created yet, and "
+            f"{tracer} cannot create them: run one forward pass on a real input first (it "
+            "draws the masks at that input's size), or give input_size, then export"
+        )
+
+
 def drop_lazy_hooks(module: nn.Module) -> None:
     """Remove the hooks ``LazyModuleMixin`` registered, as its ``_infer_parameters`` does."""
     for name in ("_initialize_hook", "_load_hook"):
@@ -144,6 +194,9 @@ class NoiseMask(LazyModuleMixin, nn.Module):
             raise TypeError(
                 f"generator must be a torch.Generator or None, got {type(generator).__name__}"
             )
+        #: Qualified name of the layer in its network (set by :func:`perturbnn.convert`), or
+        #: ``None``; error messages name it.
+        self.module_name: Optional[str] = None
         #: Seed of the lazy masks (drawn from ``generator``), or ``None`` for the global RNG.
         self.seed: Optional[int] = None
         if train_masks and self.input_size is None:
@@ -175,9 +228,12 @@ class NoiseMask(LazyModuleMixin, nn.Module):
 
         Raises:
             TypeError, ValueError: if ``x`` is not a floating 4-D tensor.
+            RuntimeError: inside ``torch.export``, ``torch.onnx.export`` or ``torch.jit.trace``
+                (nothing is changed: run one forward pass on a real input first).
         """
         if self.input_size is None:
             check_batch(x)
+            refuse_tracing(self, x, getattr(self, "module_name", None))
             self.materialize((int(x.shape[2]), int(x.shape[3])))
 
     def materialize(self, input_size: SizeLike) -> None:
@@ -254,12 +310,17 @@ class NoiseMask(LazyModuleMixin, nn.Module):
             self.masks.copy_(cpu)
 
     def check_input_size(self, x: Tensor) -> None:
-        """Raise ``ValueError`` naming both sizes if ``x``'s height and width are not the masks'."""
+        """Raise ``ValueError`` naming both sizes (and :attr:`module_name`, when set) if ``x``'s
+        height and width are not the masks'."""
         if self.input_size is not None and x.dim() == 4 and tuple(x.shape[2:]) != self.input_size:
+            where = f"{self.module_name}: " if getattr(self, "module_name", None) else ""
             raise ValueError(
-                f"input spatial size {tuple(x.shape[2:])} differs from the masks' size "
+                f"{where}input spatial size {tuple(x.shape[2:])} differs from the masks' size "
                 f"{self.input_size} (given as input_size, or taken from the first input of a "
-                "lazy layer); the noise masks are fixed, so every input must have that size"
+                "lazy layer); the noise masks are fixed, so every input must have that size. "
+                "In a network, the size reaching a layer follows the size of the images fed to "
+                "the network: feed images of the size of its first input, or convert (or build) "
+                "a new network for another size"
             )
 
     def forward(self, x: Tensor) -> Tensor:

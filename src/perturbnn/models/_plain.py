@@ -17,6 +17,7 @@ from perturbnn.models._common import (
     stem_layer,
 )
 from perturbnn.models._config import ModelConfig
+from perturbnn.noise import refuse_tracing
 
 __all__ = ["PlainNet", "build_plain_net"]
 
@@ -83,6 +84,8 @@ class PlainNet(nn.Module):
     def _check_lazy_input(self, x: Tensor) -> None:
         """The size checks of a lazy network, before any layer runs."""
         first = self.first_input_size
+        if first is None:
+            refuse_tracing(self, x)
         height, width = check_first_input_size(x, first)
         stem = min(
             conv_output_size(height, self.config.first_filter_size),
