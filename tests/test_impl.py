@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import scaled
+from conftest import COMPILE_BACKEND, scaled
 from perturbnn import (
     PerturbConv2d,
     PerturbLayer,
@@ -409,6 +409,8 @@ def saved_bytes(fn):
 @pytest.mark.parametrize("use_act", [False, True])
 def test_fast_paths_never_save_the_perturbed_tensor(impl, use_act):
     """What is kept for backward is about the inputs' size, not batch * channels * nmasks maps."""
+    if impl == "compiled" and use_act and COMPILE_BACKEND:
+        pytest.skip(f"inductor's fusion saves the memory; the tests compile with {COMPILE_BACKEND}")
     _fast_compiled._reset()
     batch, channels, nmasks, size = 8, 4, 32, 8
     x = torch.randn(batch, channels, size, size, requires_grad=True)
@@ -619,6 +621,77 @@ def test_autocast_runs_the_fast_paths_in_the_autocast_dtype(use_act):
         torch.testing.assert_close(outs[impl].float(), full, atol=0.1, rtol=0.05)
         outs[impl].float().sum().backward()
         assert x.grad is not None and x.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("impl", "act"),
+    [("eager", None), ("eager", "relu"), ("eager", "elu"), ("eager", "prelu"),
+     ("compiled", "relu"), ("compiled", "prelu")],
+)  # fmt: skip
+def test_autocast_equals_the_explicit_bfloat16_call(impl, act):
+    """Documented: under autocast the fast path runs on ``x`` cast to the autocast dtype.
+
+    So the layer under ``torch.autocast("cpu", bfloat16)`` must give, bit for bit, the output
+    and gradients of the same call made outside autocast with ``x.bfloat16()``.
+    """
+    _fast_compiled._reset()
+    cfg = pinned(unique=False, train_masks=True)
+    x, masks, weight, bias = make_inputs(cfg)
+    activation = activation_for(act)
+    params = list(activation.parameters()) if isinstance(activation, nn.Module) else []
+    leaves = [t for t in (x, masks, weight, bias, *params) if t.requires_grad]
+    runs = []
+    for under_autocast in (True, False):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=under_autocast):
+            xi = x if under_autocast else x.bfloat16()
+            out = perturb_conv2d(
+                xi, masks, weight, bias, level=cfg["level"], activation=activation, impl=impl
+            )
+        assert out.dtype == torch.bfloat16
+        grads = torch.autograd.grad(out.float().sin().sum(), leaves)
+        runs.append([out, *grads])
+    for got, expected in zip(*runs):
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+    assert _fast_compiled.compiled_available()
+
+
+def test_compiled_prelu_of_another_dtype_takes_the_chunked_path_and_keeps_compiling(recwarn):
+    """A float32 PReLU slope on bfloat16 ``x`` (autocast): eager chunked path, no failure."""
+    _fast_compiled._reset()
+    cfg = pinned()
+    x, masks, weight, bias = make_inputs(cfg)
+    prelu = activation_for("prelu")
+    calls = {"compiled": 0}
+
+    def fake_compile(fn):  # the uncompiled expression: same tracing failure, no compiler needed
+        def counted(*args):
+            calls["compiled"] += 1
+            return fn(*args)
+
+        return counted
+
+    chunked = mock.Mock(wraps=_fast_compiled.perturb_act_conv2d_chunked)
+    try:
+        with (
+            mock.patch.object(_fast_compiled, "_compile", fake_compile),
+            mock.patch.object(_fast_compiled, "perturb_act_conv2d_chunked", chunked),
+        ):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = perturb_conv2d(
+                    x, masks, weight, bias, level=0.5, activation=prelu, impl="compiled"
+                )
+            assert (chunked.call_count, calls["compiled"]) == (1, 0)
+            perturb_conv2d(x, masks, weight, bias, level=0.5, activation=prelu, impl="compiled")
+            assert (chunked.call_count, calls["compiled"]) == (1, 1)  # same dtype: compiled
+        assert _fast_compiled.compiled_available()
+        assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            eager = perturb_conv2d(
+                x, masks, weight, bias, level=0.5, activation=prelu, impl="eager"
+            )
+        assert torch.equal(got, eager)
+    finally:
+        _fast_compiled._reset()
 
 
 @pytest.mark.parametrize(("nmasks", "unique"), [(3, True), (3, False), (1, True), (1, False)])
