@@ -472,6 +472,10 @@ def test_extra_repr_shows_exactly_what_differs_from_the_defaults():
     assert PerturbConv2d(3, 6, 2, input_size=4, impl="grouped").extra_repr() == (
         "3, 6, nmasks=2, impl='grouped'"
     )
+    assert PerturbConv2d(3, 6, input_size=4, stride=2).extra_repr() == "3, 6, stride=2"
+    assert PerturbConv2d(3, 6, input_size=4, stride=3, pool_type="avg").extra_repr() == (
+        "3, 6, stride=3, pool_type='avg'"
+    )
 
 
 def test_conv_output_size_halves_only_for_the_seven_by_seven_stem():
@@ -530,6 +534,11 @@ def test_perturb_layer_passes_every_option_to_its_perturbation():
     assert conv.impl == "eager" and conv.bias is not None
     assert isinstance(layer[3], MixMaps) and isinstance(layer[3][2], nn.ELU)
     assert layer.input_size == (4, 5) and layer.in_channels == 3
+    assert conv.act == "elu" and "act='elu'" in repr(conv)  # the name it shows
+    assert layer.stride == conv.stride == 1
+    strided = PerturbLayer(3, 6, 2, input_size=4, stride=2, pool_type="avg")
+    assert strided.stride == strided[0].stride == 2 and strided[0].pool_type == "avg"
+    assert PerturbLayer(3, 6, filter_size=7).stride == 2  # the seed's stem
     same = PerturbLayer(3, 6, 2, generator=gen_b, **options)
     assert torch.equal(same[0].noise.masks, conv.noise.masks)  # drawn from the generator
 

@@ -40,7 +40,8 @@ class ConvertedLayer:
         kernel_size, stride: of the convolution, ``(height, width)``.
         replaced: ``True`` if it was replaced by a perturbation layer.
         reason: why it was skipped (empty when replaced).
-        parameters_before: trainable parameter values of the convolution.
+        parameters_before: trainable parameter values of the convolution (0 for a lazy one not
+            yet run).
         parameters_after: trainable parameter values of its replacement (noise masks excluded);
             equal to ``parameters_before`` when skipped.
         masks_per_pixel: noise-mask values per pixel of the input map (``in_channels * nmasks``,
@@ -300,7 +301,7 @@ def convert(
         reason = _skip_reason(
             conv, name, first, keep_first, nmasks, include_patterns, exclude_patterns
         )
-        before = sum(p.numel() for p in conv.parameters() if p.requires_grad)
+        before = count_parameters(conv)  # 0 for a lazy convolution not yet run
         after, per_pixel = before, 0
         if not reason:
             assert isinstance(conv, nn.Conv2d)

@@ -24,7 +24,8 @@ def count_parameters(model: nn.Module) -> int:
 
     Returns:
         The sum of ``numel()`` over parameters with ``requires_grad`` that are not
-        :class:`~perturbnn.NoiseMask` masks.
+        :class:`~perturbnn.NoiseMask` masks. A lazy module's parameters (``nn.LazyConv2d``
+        before its first forward) have no size yet and count 0.
 
     Example::
 
@@ -32,7 +33,11 @@ def count_parameters(model: nn.Module) -> int:
         8
     """
     masks = _mask_ids(model)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in masks)
+    return sum(
+        p.numel()
+        for p in model.parameters()
+        if p.requires_grad and id(p) not in masks and not nn.parameter.is_lazy(p)
+    )
 
 
 def count_mask_values(model: nn.Module) -> int:
