@@ -384,7 +384,11 @@ def test_compiled_falls_back_to_eager_with_one_warning():
             with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler") as record:
                 first = outputs_and_grads("compiled", x, masks, weight, bias, 0.5, act)
                 second = outputs_and_grads("compiled", x, masks, weight, bias, 0.5, act)
-        assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+        warned = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
+        assert warned == [
+            "impl='compiled': torch.compile is unavailable here (RuntimeError: no C++ compiler); "
+            "using the eager chunked path instead"
+        ]
         assert not _fast_compiled.compiled_available()
         assert_same(first, expected)
         assert_same(second, expected)
@@ -867,6 +871,116 @@ def test_compiled_functions_follow_the_thread_count():
                 )
         assert compiled_for == [1, 2]
         assert_same(outs, [outs[0]] * 3)
+        _fast_compiled._reset()  # forgets the compiled functions: the next call compiles anew
+        with mock.patch.object(_fast_compiled, "_compile", fake_compile):
+            perturb_conv2d(x, masks, weight, level=0.5, activation=torch.relu, impl="compiled")
+        assert compiled_for == [1, 2, 1]
     finally:
         torch.set_num_threads(before)
         _fast_compiled._reset()
+
+
+def test_block_channels_is_the_largest_divisor_within_the_budget():
+    """``_block_channels(channels, per_channel, budget)``: documented helper, worked by hand."""
+    block_channels = _fast_compiled._block_channels
+    assert block_channels(12, 10, 35) == 3  # at most 3 channels fit; 3 divides 12
+    assert block_channels(12, 10, 50) == 4  # 5 fit, 5 does not divide 12
+    assert block_channels(12, 10, 5) == 1  # not even one channel fits: one per block
+    assert block_channels(4, 1, 2) == 2
+    assert block_channels(7, 10, 1000) == 7
+
+
+def test_compiled_calls_cover_at_most_the_block_budget():
+    """Each compiled call sees whole channel groups within BLOCK_ELEMENTS perturbed values."""
+    _fast_compiled._reset()
+    seen = []
+
+    def fake_compile(fn):  # the uncompiled expression, recording each call's channels
+        def recorded(x, noise, weight, bias, activation):
+            seen.append((x.shape[1], noise.shape[0], weight.shape[0], bias.shape[0]))
+            return fn(x, noise, weight, bias, activation)
+
+        return recorded
+
+    cfg = pinned(batch=2, channels=4, nmasks=3, height=4, width=5, fanout=2)
+    x, masks, weight, bias = make_inputs(cfg)
+    per_channel = 2 * 3 * 4 * 5  # batch * nmasks * height * width
+    expected = perturb_conv2d(x, masks, weight, bias, level=0.7, activation=nn.ReLU())
+    try:
+        with mock.patch.object(_fast_compiled, "_compile", fake_compile):
+            for budget, calls in [(2 * per_channel, [(2, 2, 4, 4)] * 2), (1 << 20, [(4, 4, 8, 8)])]:
+                seen.clear()
+                with mock.patch.dict(_fast_compiled.BLOCK_ELEMENTS, {"cpu": budget}):
+                    got = perturb_conv2d(
+                        x, masks, weight, bias, level=0.7, activation=nn.ReLU(), impl="compiled"
+                    )
+                assert seen == calls
+                torch.testing.assert_close(got, expected)
+    finally:
+        _fast_compiled._reset()
+
+
+def test_compiled_fallback_warning_with_an_empty_error_message():
+    _fast_compiled._reset()
+
+    def broken(fn):
+        raise RuntimeError()
+
+    x, masks, weight, bias = make_inputs(pinned())
+    try:
+        with mock.patch.object(_fast_compiled, "_compile", broken):
+            with pytest.warns(RuntimeWarning) as record:
+                perturb_conv2d(
+                    x, masks, weight, bias, level=0.5, activation=nn.ReLU(), impl="compiled"
+                )
+        assert [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)] == [
+            "impl='compiled': torch.compile is unavailable here (RuntimeError: ); "
+            "using the eager chunked path instead"
+        ]
+    finally:
+        _fast_compiled._reset()
+
+
+@pytest.mark.parametrize("exporter", ["torch.export", "onnx"])
+def test_while_exporting_the_blocked_paths_give_way_to_the_literal_one(exporter):
+    """torch.export cannot trace the blocked kernels' preallocated buffers: grouped while exporting."""
+    from perturbnn import functional
+
+    x, masks, weight, bias = make_inputs(pinned())
+    flag = (
+        mock.patch.object(torch.compiler, "is_exporting", return_value=True)
+        if exporter == "torch.export"
+        else mock.patch.object(torch.onnx, "is_in_onnx_export", return_value=True)
+    )
+    kernels = {
+        name: mock.Mock(side_effect=AssertionError(name))
+        for name in ("perturb_act_conv2d_chunked", "perturb_act_conv2d_compiled")
+    }
+    expected = perturb_conv2d(x, masks, weight, bias, level=0.5, activation=nn.ReLU())
+    with flag, mock.patch.multiple(functional, **kernels):
+        for impl in ("eager", "compiled", "auto"):
+            got = perturb_conv2d(x, masks, weight, bias, level=0.5, activation=nn.ReLU(), impl=impl)
+            assert torch.equal(got, expected)
+    assert functional._exporting() is False  # and not otherwise
+
+
+@pytest.mark.parametrize("act", ["relu", "prelu"])
+def test_compiled_path_inside_the_callers_own_torch_compile(act):
+    """Inside a caller's torch.compile the expression is traced into the caller's graph."""
+    _fast_compiled._reset()
+    cfg = pinned(train_masks=True)
+    x, masks, weight, bias = make_inputs(cfg)
+    activation = activation_for(act)
+    expected = outputs_and_grads("grouped", x, masks, weight, bias, 0.5, activation)
+    compiled_calls = mock.Mock(wraps=_fast_compiled._compiled_for)
+
+    def layer(x, masks, weight, bias):
+        return perturb_conv2d(
+            x, masks, weight, bias, level=0.5, activation=activation, impl="compiled"
+        )
+
+    with mock.patch.object(_fast_compiled, "_compiled_for", compiled_calls):
+        out = torch.compile(layer, backend="aot_eager", fullgraph=True)(x, masks, weight, bias)
+    got = output_and_grads_of(out, x, masks, weight, bias, activation)
+    assert_same(got, expected)
+    assert compiled_calls.call_count == 0  # no compile of its own inside the caller's

@@ -610,3 +610,20 @@ def test_noise_mask_generator_message_and_device():
         NoiseMask(3, 2, 4, level=0.1, generator=0)
     meta = NoiseMask(3, 2, 4, level=0.1, device="meta")
     assert meta.masks.is_meta and meta.masks.shape == (3, 2, 4, 4)
+
+
+def test_layer_checks_the_channel_count_itself_with_shared_masks():
+    """Shared masks cannot tell the channel count, and the weight check would blame the weight."""
+    layer = PerturbConv2d(3, 6, 2, input_size=4, unique_masks=False)
+    assert layer(torch.zeros(1, 3, 4, 4)).shape == (1, 6, 4, 4)
+    with pytest.raises(ValueError) as info:
+        layer(torch.zeros(1, 2, 4, 4))
+    assert str(info.value) == "input must have 3 channels, got 2"
+
+
+def test_activation_of_the_wrong_type_is_named_with_its_type():
+    with pytest.raises(TypeError) as info:
+        PerturbConv2d(3, 6, use_act=True, activation=torch.relu)  # a function, not a Module
+    assert (
+        str(info.value) == "activation must be an nn.Module or None, got builtin_function_or_method"
+    )
