@@ -176,3 +176,20 @@ def test_pool_defaults_to_max_and_names_its_arguments():
     with pytest.raises(ValueError) as info:
         PF.pool(x, 2, "min")
     assert str(info.value).startswith("pool_type must be")
+
+
+def test_strided_perturb_conv2d_pools_by_max_and_keeps_the_impl():
+    """``stride`` pools the unstrided layer's output (max by default) computed by ``impl``."""
+    from unittest import mock
+
+    torch.manual_seed(0)
+    x, masks, weight = torch.randn(2, 3, 5, 4), torch.rand(3, 2, 5, 4), torch.randn(6, 2, 1, 1)
+    plain = PF.perturb_conv2d(x, masks, weight, level=0.3, activation=torch.relu)
+    strided = PF.perturb_conv2d(x, masks, weight, level=0.3, activation=torch.relu, stride=2)
+    assert torch.equal(strided, PF.pool(plain, 2, "max"))
+    chunked = mock.Mock(wraps=PF.perturb_act_conv2d_chunked)
+    with mock.patch.object(PF, "perturb_act_conv2d_chunked", chunked):
+        PF.perturb_conv2d(
+            x, masks, weight, level=0.3, activation=torch.relu, stride=2, impl="eager"
+        )
+    assert chunked.call_count == 1  # the strided call computes the layer by the impl it was given

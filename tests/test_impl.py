@@ -9,6 +9,7 @@ Timings live in ``benchmarks/bench_layers.py``, not here.
 from __future__ import annotations
 
 import copy
+import os
 from unittest import mock
 
 import pytest
@@ -967,6 +968,8 @@ def test_while_exporting_the_blocked_paths_give_way_to_the_literal_one(exporter)
 @pytest.mark.parametrize("act", ["relu", "prelu"])
 def test_compiled_path_inside_the_callers_own_torch_compile(act):
     """Inside a caller's torch.compile the expression is traced into the caller's graph."""
+    if "MUTANT_UNDER_TEST" in os.environ:  # mutmut's trampolines set a ContextVar: graph break
+        pytest.skip("needs one whole graph; mutmut's trampolines break it (docs/testing.md)")
     _fast_compiled._reset()
     cfg = pinned(train_masks=True)
     x, masks, weight, bias = make_inputs(cfg)
