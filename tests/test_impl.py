@@ -637,7 +637,10 @@ def test_autocast_equals_the_explicit_bfloat16_call(impl, act):
     """Documented: under autocast the fast path runs on ``x`` cast to the autocast dtype.
 
     So the layer under ``torch.autocast("cpu", bfloat16)`` must give, bit for bit, the output
-    and gradients of the same call made outside autocast with ``x.bfloat16()``.
+    and gradients of the same call made outside autocast with ``x.bfloat16()``; and since the
+    kernels cast masks, weight, bias and PReLU slope to ``x``'s dtype, the output of the call
+    with every tensor cast to bfloat16 beforehand (for PReLU by the eager path: a float32 slope
+    sends the compiled path to the eager one).
     """
     _fast_compiled._reset()
     cfg = pinned(unique=False, train_masks=True)
@@ -657,6 +660,14 @@ def test_autocast_equals_the_explicit_bfloat16_call(impl, act):
         runs.append([out, *grads])
     for got, expected in zip(*runs):
         assert got.dtype == expected.dtype and torch.equal(got, expected)
+    with torch.no_grad():
+        all_bf16 = perturb_conv2d(
+            *(t.detach().bfloat16() for t in (x, masks, weight, bias)),
+            level=cfg["level"],
+            activation=copy.deepcopy(activation).bfloat16() if activation else None,
+            impl="eager" if act == "prelu" else impl,
+        )
+    assert torch.equal(runs[0][0], all_bf16)
     assert _fast_compiled.compiled_available()
 
 
