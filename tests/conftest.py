@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -10,6 +11,18 @@ import torch
 from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(int(os.environ.get("PERTURBNN_TEST_THREADS", "1")))
+
+# Test-only switch for mutation testing (docs/testing.md): $PERTURBNN_TEST_COMPILE_BACKEND, by
+# default "aot_eager" while mutmut runs the tests ($MUTANT_UNDER_TEST is set), makes every
+# torch.compile here use that backend. "aot_eager" still traces with TorchDynamo and splits
+# forward and backward with AOTAutograd, so the Python around the compiled kernel (the
+# dispatch, the blocks, the caches, the fallback) runs as usual, without inductor's C++
+# compilations: seconds per mutant instead of minutes. Unset (CI, users): inductor.
+COMPILE_BACKEND = os.environ.get("PERTURBNN_TEST_COMPILE_BACKEND") or (
+    "aot_eager" if "MUTANT_UNDER_TEST" in os.environ else ""
+)
+if COMPILE_BACKEND:
+    torch.compile = functools.partial(torch.compile, backend=COMPILE_BACKEND)  # type: ignore[assignment]
 
 # Two hypothesis profiles, chosen by $HYPOTHESIS_PROFILE:
 # - "ci" (default): few, derandomized examples, so every run draws the same cases. The branches

@@ -156,7 +156,7 @@ def test_generator_makes_the_conversion_reproducible():
     for _ in range(2):
         torch.manual_seed(1)  # the 1x1 weights come from the global RNG
         converted, _ = convert(model, nmasks=3, generator=torch.Generator().manual_seed(7))
-        torch.manual_seed(2)  # the masks must not
+        torch.manual_seed(2 + len(outs))  # the masks must not: a different global state
         outs.append(converted(x))
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
@@ -164,26 +164,34 @@ def test_generator_makes_the_conversion_reproducible():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"nmasks": 0}, ValueError, "nmasks"),
-        ({"level": -1.0}, ValueError, "level"),
-        ({"noise_type": "gauss"}, ValueError, "noise_type"),
-        ({"include": 3}, TypeError, "include"),
-        ({"include": "nothing.*"}, ValueError, r"include pattern 'nothing\.\*' matches no "),
-        ({"include": ["1", "layer4"]}, ValueError, r"include pattern 'layer4' .*'0', '1'"),
-        ({"exclude": ["0", "9*"]}, ValueError, r"exclude pattern '9\*' matches no "),
-        ({"exclude": [1]}, TypeError, "exclude"),
-        ({"inplace": 1}, TypeError, "inplace"),
-        ({"generator": 0}, TypeError, "generator"),
+        ({"nmasks": 0}, ValueError, "^nmasks must be"),
+        ({"level": -1.0}, ValueError, "^level must be"),
+        ({"noise_type": "gauss"}, ValueError, "^noise_type must be"),
+        ({"include": 3}, TypeError, "^include must be"),
+        ({"include": "nothing.*"}, ValueError, r"^include pattern 'nothing\.\*' matches no "),
+        ({"include": ["1", "layer4"]}, ValueError, r"^include pattern 'layer4' .*'0', '1'"),
+        ({"exclude": ["0", "9*"]}, ValueError, r"^exclude pattern '9\*' matches no "),
+        ({"exclude": [1]}, TypeError, "^exclude must be"),
+        ({"inplace": 1}, TypeError, "^inplace must be"),
+        ({"generator": 0}, TypeError, "^generator must be"),
+        ({"use_act": 1}, TypeError, "^use_act must be"),
+        ({"mix_maps": "yes"}, TypeError, "^mix_maps must be"),
+        ({"unique_masks": None}, TypeError, "^unique_masks must be"),
+        ({"keep_first": 0}, TypeError, "^keep_first must be"),
     ],
 )
 def test_bad_options_raise_before_any_change(kwargs, error, match):
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1))
     snap = snapshot(model)
-    with pytest.raises(error, match=match):
+    with pytest.raises(error, match=match):  # names that very argument
         convert(model, **{"inplace": True, **kwargs})
     assert_identical(model, snap)
-    with pytest.raises(TypeError, match="model"):
+    with pytest.raises(TypeError) as info:
         convert("resnet18")  # type: ignore[arg-type]
+    assert str(info.value) == "model must be a torch.nn.Module, got str"
+    with pytest.raises(TypeError) as info:
+        convert(model, generator=0)
+    assert str(info.value) == "generator must be a torch.Generator or None, got int"
 
 
 def test_size_mismatch_names_the_layer_and_the_image_size():
@@ -253,3 +261,89 @@ def test_docs_convert_page_runs_as_written(data_dir, tmp_path, monkeypatch):
     (out,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), pnn(images), rtol=1e-4, atol=1e-4)
+
+
+def test_report_table_and_fields_written_out():
+    """The report's table, checked against text written out by hand, before and after a forward."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 40, 3, padding=1),  # 3*40*9 + 40 = 1,120 parameters, kept (the stem)
+        nn.Conv2d(40, 80, 3, stride=2, padding=1, bias=False),  # 28,800; replaced: 80*2 = 160
+        nn.ConvTranspose2d(80, 8, 2, stride=(2, 1)),  # 80*8*2*2 + 8 = 2,568, kept
+    )
+    converted, report = convert(model, nmasks=2)
+    expected = [
+        "perturbnn.convert: 1 of 3 convolutions replaced, 2 skipped",
+        "name  layer            in  out  kernel  stride  params  after  action",
+        "0     Conv2d           3   40   3x3     1x1     1,120   1,120  "
+        "skipped: first convolution (keep_first=True)",
+        "1     Conv2d           40  80   3x3     2x2     28,800  160    replaced",
+        "2     ConvTranspose2d  80  8    2x2     2x1     2,568   2,568  "
+        "skipped: transposed convolution",
+        "trainable parameters: 32,488 -> 3,848; noise-mask values: 0 "
+        "(1 layers draw theirs on the first forward)",
+    ]
+    assert str(report).split("\n") == expected
+    converted(torch.randn(1, 3, 6, 5))  # the masks: 40 channels x 2 masks x 6 x 5 = 2,400
+    expected[-1] = "trainable parameters: 32,488 -> 3,848; noise-mask values: 2,400"
+    assert str(report).split("\n") == expected
+    first, replaced, transposed = report.layers
+    assert (replaced.kind, replaced.in_channels, replaced.out_channels) == ("Conv2d", 40, 80)
+    assert (transposed.kind, transposed.in_channels, transposed.out_channels) == (
+        "ConvTranspose2d",
+        80,
+        8,
+    )
+    assert (first.masks_per_pixel, replaced.masks_per_pixel, transposed.masks_per_pixel) == (
+        0,
+        40 * 2,
+        0,
+    )
+    _, shared = convert(model, nmasks=3, unique_masks=False)
+    assert shared.layers[1].masks_per_pixel == 3
+    _, whole = convert(nn.Conv2d(3, 6, 3, padding=1), keep_first=False)
+    assert str(whole).split("\n")[2].startswith("(model)  Conv2d  3   6    3x3")
+
+
+def test_defaults_and_options_reach_the_replacement():
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 12, 3, padding=1))
+    default = convert(model)[0][1]
+    assert (default.nmasks, default.level, default.use_act) == (1, 0.1, False)
+    assert default.noise.unique_masks and default.noise.noise_type == "uniform"
+    layer = convert(
+        model, nmasks=2, level=0.3, use_act=True, unique_masks=False, noise_type="normal"
+    )[0][1]
+    assert (layer.nmasks, layer.level, layer.use_act) == (2, 0.3, True)
+    assert not layer.noise.unique_masks and layer.noise.noise_type == "normal"
+    doubles = convert(model.double(), mix_maps=True)[0]
+    assert {p.dtype for p in doubles.parameters()} == {torch.float64}
+    on_meta = convert(model.to("meta"), mix_maps=True)[0]
+    assert {p.device.type for p in on_meta.parameters()} == {"meta"}
+
+
+def test_skip_reasons_at_the_edges():
+    """Exact reasons for the cases next to a boundary; what nmasks == 1 allows."""
+
+    def reason(conv, nmasks=1):
+        return convert(nn.Sequential(conv), keep_first=False, nmasks=nmasks)[1].layers[0].reason
+
+    assert reason(nn.LazyConv2d(4, 3, padding=1)) == (
+        "lazy convolution not yet run (in_channels unknown)"
+    )
+    assert reason(nn.Conv2d(4, 4, 3, padding="valid")) == (
+        "padding valid with kernel (3, 3) changes the map size; a perturbation layer keeps it"
+    )
+    assert reason(nn.Conv2d(4, 4, 2, padding=1)).startswith("padding (1, 1) with kernel (2, 2)")
+    assert reason(nn.Conv2d(8, 6, 3, padding=1)) == ""  # one mask: a dense 1x1 convolution
+    assert reason(nn.Conv2d(8, 6, 3, padding=1), nmasks=2).startswith("out_channels=6")
+    int_padding = nn.Conv2d(4, 4, 3)
+    int_padding.padding = 1  # an int, as F.conv2d accepts
+    assert reason(int_padding) == ""
+
+
+def test_a_lazy_convolution_not_yet_run_is_reported_not_a_crash():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.LazyConv2d(6, 3, padding=1))
+    converted, report = convert(model)
+    assert report.layers[1].reason == "lazy convolution not yet run (in_channels unknown)"
+    assert report.layers[1].parameters_before == report.layers[1].parameters_after == 0
+    assert report.parameters_before == report.parameters_after == 3 * 4 * 9 + 4
+    assert converted(torch.randn(1, 3, 5, 5)).shape == (1, 6, 5, 5)

@@ -158,3 +158,38 @@ def test_perturb_conv2d_weight_messages():
         assert str(info.value) == (
             "weight must have a multiple of 2 output channels (groups=2), got 5"
         )
+
+
+def test_pool_defaults_to_max_and_names_its_arguments():
+    """``pool(x, stride)`` is a max pooling; bad arguments are named in the message."""
+    x = torch.arange(2 * 3 * 5 * 4, dtype=torch.float64).reshape(2, 3, 5, 4).sin()
+    windows = [(r, c) for r in range(0, 5, 2) for c in range(0, 4, 2)]
+    expected_max = torch.stack([x[..., r : r + 2, c : c + 2].amax((2, 3)) for r, c in windows], -1)
+    expected_avg = torch.stack([x[..., r : r + 2, c : c + 2].mean((2, 3)) for r, c in windows], -1)
+    assert torch.equal(PF.pool(x, 2), expected_max.reshape(2, 3, 3, 2))
+    assert torch.equal(PF.pool(x, 2, "max"), expected_max.reshape(2, 3, 3, 2))
+    torch.testing.assert_close(PF.pool(x, 2, "avg"), expected_avg.reshape(2, 3, 3, 2))
+    assert PF.pool(x, 1) is x
+    with pytest.raises(ValueError) as info:
+        PF.pool(x, 0)
+    assert str(info.value).startswith("stride must be")
+    with pytest.raises(ValueError) as info:
+        PF.pool(x, 2, "min")
+    assert str(info.value).startswith("pool_type must be")
+
+
+def test_strided_perturb_conv2d_pools_by_max_and_keeps_the_impl():
+    """``stride`` pools the unstrided layer's output (max by default) computed by ``impl``."""
+    from unittest import mock
+
+    torch.manual_seed(0)
+    x, masks, weight = torch.randn(2, 3, 5, 4), torch.rand(3, 2, 5, 4), torch.randn(6, 2, 1, 1)
+    plain = PF.perturb_conv2d(x, masks, weight, level=0.3, activation=torch.relu)
+    strided = PF.perturb_conv2d(x, masks, weight, level=0.3, activation=torch.relu, stride=2)
+    assert torch.equal(strided, PF.pool(plain, 2, "max"))
+    chunked = mock.Mock(wraps=PF.perturb_act_conv2d_chunked)
+    with mock.patch.object(PF, "perturb_act_conv2d_chunked", chunked):
+        PF.perturb_conv2d(
+            x, masks, weight, level=0.3, activation=torch.relu, stride=2, impl="eager"
+        )
+    assert chunked.call_count == 1  # the strided call computes the layer by the impl it was given

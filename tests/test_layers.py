@@ -479,6 +479,10 @@ def test_extra_repr_shows_exactly_what_differs_from_the_defaults():
     assert PerturbConv2d(3, 6, 2, input_size=4, impl="grouped").extra_repr() == (
         "3, 6, nmasks=2, impl='grouped'"
     )
+    assert PerturbConv2d(3, 6, input_size=4, stride=2).extra_repr() == "3, 6, stride=2"
+    assert PerturbConv2d(3, 6, input_size=4, stride=3, pool_type="avg").extra_repr() == (
+        "3, 6, stride=3, pool_type='avg'"
+    )
 
 
 def test_conv_output_size_halves_only_for_the_seven_by_seven_stem():
@@ -537,6 +541,11 @@ def test_perturb_layer_passes_every_option_to_its_perturbation():
     assert conv.impl == "eager" and conv.bias is not None
     assert isinstance(layer[3], MixMaps) and isinstance(layer[3][2], nn.ELU)
     assert layer.input_size == (4, 5) and layer.in_channels == 3
+    assert conv.act == "elu" and "act='elu'" in repr(conv)  # the name it shows
+    assert layer.stride == conv.stride == 1
+    strided = PerturbLayer(3, 6, 2, input_size=4, stride=2, pool_type="avg")
+    assert strided.stride == strided[0].stride == 2 and strided[0].pool_type == "avg"
+    assert PerturbLayer(3, 6, filter_size=7).stride == 2  # the seed's stem
     same = PerturbLayer(3, 6, 2, generator=gen_b, **options)
     assert torch.equal(same[0].noise.masks, conv.noise.masks)  # drawn from the generator
 
@@ -608,3 +617,20 @@ def test_noise_mask_generator_message_and_device():
         NoiseMask(3, 2, 4, level=0.1, generator=0)
     meta = NoiseMask(3, 2, 4, level=0.1, device="meta")
     assert meta.masks.is_meta and meta.masks.shape == (3, 2, 4, 4)
+
+
+def test_layer_checks_the_channel_count_itself_with_shared_masks():
+    """Shared masks cannot tell the channel count, and the weight check would blame the weight."""
+    layer = PerturbConv2d(3, 6, 2, input_size=4, unique_masks=False)
+    assert layer(torch.zeros(1, 3, 4, 4)).shape == (1, 6, 4, 4)
+    with pytest.raises(ValueError) as info:
+        layer(torch.zeros(1, 2, 4, 4))
+    assert str(info.value) == "input must have 3 channels, got 2"
+
+
+def test_activation_of_the_wrong_type_is_named_with_its_type():
+    with pytest.raises(TypeError) as info:
+        PerturbConv2d(3, 6, use_act=True, activation=torch.relu)  # a function, not a Module
+    assert (
+        str(info.value) == "activation must be an nn.Module or None, got builtin_function_or_method"
+    )

@@ -22,7 +22,7 @@ from torch import nn
 
 from perturbnn._validation import check_bool, check_choice, check_level, check_positive_int
 from perturbnn.layers import NOISE_TYPES, MixMaps, PerturbConv2d
-from perturbnn.summary import count_parameters
+from perturbnn.summary import _mask_ids
 
 __all__ = ["ConvertReport", "ConvertedLayer", "convert"]
 
@@ -40,7 +40,8 @@ class ConvertedLayer:
         kernel_size, stride: of the convolution, ``(height, width)``.
         replaced: ``True`` if it was replaced by a perturbation layer.
         reason: why it was skipped (empty when replaced).
-        parameters_before: trainable parameter values of the convolution.
+        parameters_before: trainable parameter values of the convolution (0 for a lazy one not
+            yet run).
         parameters_after: trainable parameter values of its replacement (noise masks excluded);
             equal to ``parameters_before`` when skipped.
         masks_per_pixel: noise-mask values per pixel of the input map (``in_channels * nmasks``,
@@ -70,7 +71,8 @@ class ConvertReport:
 
     Attributes:
         layers: every ``nn.Conv2d`` and ``nn.ConvTranspose2d`` of the model, in module order.
-        parameters_before: trainable parameter values of the whole model before conversion.
+        parameters_before: trainable parameter values of the whole model before conversion
+            (a lazy module not yet run counts 0).
         parameters_after: the same after conversion (noise masks excluded).
     """
 
@@ -127,6 +129,18 @@ class ConvertReport:
             f"noise-mask values: {mask_text}",
         ]
         return "\n".join([summary[0], *lines, summary[1]])
+
+
+def _known_parameters(model: nn.Module) -> int:
+    """Trainable parameter values, noise masks excluded, a lazy parameter not yet sized (an
+    ``nn.LazyConv2d`` not yet run) counting 0: the report's counts, where
+    :func:`~perturbnn.count_parameters` would refuse such a model."""
+    masks = _mask_ids(model)
+    return sum(
+        p.numel()
+        for p in model.parameters()
+        if p.requires_grad and id(p) not in masks and not nn.parameter.is_lazy(p)
+    )
 
 
 def _patterns(name: str, value: Patterns) -> Optional[tuple[str, ...]]:
@@ -309,7 +323,7 @@ def convert(
     for option, patterns in (("include", include_patterns), ("exclude", exclude_patterns)):
         _check_patterns_match(option, patterns or (), names)
 
-    parameters_before = count_parameters(model)
+    parameters_before = _known_parameters(model)
     if not inplace:
         model = copy.deepcopy(model)
     convolutions = [
@@ -326,7 +340,7 @@ def convert(
         reason = _skip_reason(
             conv, name, first, keep_first, nmasks, include_patterns, exclude_patterns
         )
-        before = sum(p.numel() for p in conv.parameters() if p.requires_grad)
+        before = _known_parameters(conv)  # 0 for a lazy convolution not yet run
         after, per_pixel = before, 0
         if not reason:
             assert isinstance(conv, nn.Conv2d)
@@ -357,7 +371,7 @@ def convert(
             else:  # the model is itself a convolution
                 model = replacement
             replacements.append(layer)
-            after = count_parameters(replacement)
+            after = _known_parameters(replacement)
             per_pixel = (conv.in_channels if unique_masks else 1) * nmasks
         layers.append(
             ConvertedLayer(
@@ -377,7 +391,7 @@ def convert(
     report = ConvertReport(
         layers=tuple(layers),
         parameters_before=parameters_before,
-        parameters_after=count_parameters(model),
+        parameters_after=_known_parameters(model),
         replacements=tuple(replacements),
     )
     return model, report

@@ -177,8 +177,13 @@ def perturb_act_conv2d_compiled(
 
     Returns:
         ``Tensor[batch_size, out_channels, height, width]`` of ``x``'s dtype.
+
+    An activation with a parameter of another dtype than ``x`` (a float32 ``PReLU`` slope when
+    autocast hands a bfloat16 ``x``) takes the eager chunked path, which casts the parameter:
+    ``prelu`` does not promote, so tracing the expression would fail, and that failure would
+    switch compilation off for the whole process.
     """
-    if _state["error"] is None:
+    if _state["error"] is None and all(p.dtype == x.dtype for p in act.params):
         dtype = x.dtype
         noise = masks.to(dtype) * level
         w = weight.to(dtype)
