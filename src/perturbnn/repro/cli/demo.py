@@ -30,11 +30,11 @@ from typing import Optional
 
 from perturbnn.repro.cli.output import (
     Parser,
+    add_threads_flag,
     choice,
     echo,
     flag_names,
     name_flags,
-    threads_arg,
 )
 from perturbnn.repro.config import RunConfig
 from perturbnn.repro.data import DataCorruptError, DataNotFoundError
@@ -116,14 +116,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help=f"the preset to run (default {DEMO_EXPERIMENT!r})",
     )
     parser.add_argument("--manual-seed", type=int, default=1, help="the run's seed (default 1)")
-    parser.add_argument(
-        "--threads",
-        type=threads_arg,
-        default=None,
-        metavar="N",
-        help="CPU threads (default: $OMP_NUM_THREADS if set, else the CPUs this process may "
-        "use, fewer while other processes keep them busy)",
-    )
+    add_threads_flag(parser.add_argument)
     parser.add_argument("--progress", action="store_true", help="show tqdm bars")
     return parser
 

@@ -10,7 +10,8 @@
   :class:`~perturbnn.repro.config.RunConfig` field, ``test_subset``) with the flag the user
   typed (``--test-subset``).
 * :func:`plural`: ``1 epoch``, ``2 epochs``.
-* :func:`threads_arg`: the ``type`` of ``--threads`` (a positive int).
+* :func:`threads_arg`: the ``type`` of ``--threads`` (a positive int); :func:`add_threads_flag`
+  adds the flag, the same on every command.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Callable, NoReturn
 __all__ = [
     "HelpFormatter",
     "Parser",
+    "add_threads_flag",
     "choice",
     "echo",
     "flag_names",
@@ -103,6 +105,19 @@ def threads_arg(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
     return value
+
+
+def add_threads_flag(add_argument: Callable[..., object]) -> None:
+    """Add ``--threads N`` through ``add_argument`` (a parser's or a group's), as every command
+    (``demo``, ``train``, ``reproduce``) has it."""
+    add_argument(
+        "--threads",
+        type=threads_arg,
+        default=None,
+        metavar="N",
+        help="CPU threads (default: $OMP_NUM_THREADS if set, else the CPUs this process may "
+        "use, fewer while other processes keep them busy)",
+    )
 
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:

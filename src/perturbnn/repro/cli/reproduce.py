@@ -46,12 +46,12 @@ from typing import Any, Optional
 from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
 from perturbnn.repro.cli.output import (
     Parser,
+    add_threads_flag,
     choice,
     echo,
     flag_names,
     name_flags,
     plural,
-    threads_arg,
 )
 from perturbnn.repro.config import MACHINE_FIELDS, RunConfig
 from perturbnn.repro.data import DataCorruptError, DataNotFoundError
@@ -226,14 +226,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "metric comparison) if it ran",
     )
     parser.add_argument("--progress", action="store_true", help="show tqdm bars")
-    parser.add_argument(
-        "--threads",
-        type=threads_arg,
-        default=None,
-        metavar="N",
-        help="CPU threads (default: $OMP_NUM_THREADS if set, else the CPUs this process may "
-        "use, fewer while other processes keep them busy)",
-    )
+    add_threads_flag(parser.add_argument)
     group = parser.add_argument_group("overrides of the scale (recorded in the report)")
     group.add_argument("--nepochs", type=int, default=None, help="epochs per experiment")
     group.add_argument(

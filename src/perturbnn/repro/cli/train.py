@@ -49,12 +49,12 @@ from perturbnn.functional import IMPLS
 from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
 from perturbnn.repro.cli.output import (
     Parser,
+    add_threads_flag,
     choice,
     echo,
     flag_names,
     name_flags,
     plural,
-    threads_arg,
 )
 from perturbnn.repro.config import MACHINE_FIELDS, RunConfig, default_out_dir
 from perturbnn.repro.data import DATASETS, DataCorruptError, DataNotFoundError
@@ -221,14 +221,7 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
     add("--resume", default=None, metavar="PATH", help="continue from this checkpoint")
     add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     add("--num-workers", type=int, default=defaults.num_workers, help="data loader workers")
-    add(
-        "--threads",
-        type=threads_arg,
-        default=None,
-        metavar="N",
-        help="CPU threads (default: $OMP_NUM_THREADS if set, else the CPUs this process may "
-        "use, fewer while other processes keep them busy)",
-    )
+    add_threads_flag(add)
     add("--no-progress", default=False, action="store_true", help="no progress bars")
     add(
         "--sync-bn",
