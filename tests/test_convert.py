@@ -347,3 +347,33 @@ def test_a_lazy_convolution_not_yet_run_is_reported_not_a_crash():
     assert report.layers[1].parameters_before == report.layers[1].parameters_after == 0
     assert report.parameters_before == report.parameters_after == 3 * 4 * 9 + 4
     assert converted(torch.randn(1, 3, 5, 5)).shape == (1, 6, 5, 5)
+
+
+@pytest.mark.parametrize("count", [0, 6, 7])
+def test_unmatched_pattern_message_lists_at_most_six_convolutions(count):
+    model = nn.Sequential(*[nn.Conv2d(2, 2, 3, padding=1) for _ in range(count)], nn.Flatten())
+    names = ", ".join(repr(str(i)) for i in range(min(count, 6))) or "none"
+    more = f", ... ({count} in all)" if count > 6 else ""
+    with pytest.raises(ValueError) as info:
+        convert(model, include="typo*")
+    assert str(info.value) == (
+        "include pattern 'typo*' matches no convolution's module name (fnmatch on the full "
+        f"name, e.g. 'layer4.*'); the model's convolutions: {names}{more}"
+    )
+
+
+@pytest.mark.parametrize("mix_maps", [False, True])
+def test_each_replacement_knows_its_own_qualified_name(mix_maps):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1))
+    converted, _ = convert(model, keep_first=False, mix_maps=mix_maps)
+    layers = {n: m for n, m in converted.named_modules() if isinstance(m, PerturbConv2d)}
+    assert sorted(layers) == (["0.0", "1.0"] if mix_maps else ["0", "1"])
+    assert all(layer.noise.module_name == name for name, layer in layers.items())
+
+
+def test_trainable_masks_already_in_the_model_are_not_counted_as_parameters():
+    layer = PerturbConv2d(3, 4, 1, input_size=4, level=0.1, train_masks=True)
+    model = nn.Sequential(layer, nn.Conv2d(4, 4, 1))
+    _, report = convert(model, keep_first=False)
+    masks = layer.noise.masks.numel()
+    assert report.parameters_before == sum(p.numel() for p in model.parameters()) - masks

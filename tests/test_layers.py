@@ -15,6 +15,7 @@ from torch.nn.parameter import is_lazy
 
 import perturbnn
 from perturbnn import ACTIVATIONS, MixMaps, NoiseMask, PerturbConv2d, PerturbLayer
+from perturbnn import noise as noise_module
 
 
 def layer_config():
@@ -634,3 +635,169 @@ def test_activation_of_the_wrong_type_is_named_with_its_type():
     assert (
         str(info.value) == "activation must be an nn.Module or None, got builtin_function_or_method"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Lazy masks, their hooks and the tracer refusal, at the unit level: these reach noise.py's lazy
+# machinery from the files mutation testing runs (docs/testing.md), without exporters' cost.
+
+
+REFUSAL = (
+    "{where} has lazy noise masks (input_size=None) that are not created yet, and {tracer} "
+    "cannot create them: run one forward pass on a real input first (it draws the masks at "
+    "that input's size), or give input_size, then export"
+)
+
+
+def _fake(shape: tuple[int, ...]) -> torch.Tensor:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        return torch.zeros(shape)
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({"is_exporting": True}, "torch.export"),
+        ({"onnx": True}, "torch.onnx.export"),
+        ({}, None),
+    ],
+)
+def test_tracer_name_names_the_running_exporter(monkeypatch, patch, expected):
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: patch.get("is_exporting", False))
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: patch.get("onnx", False))
+    assert noise_module.tracer_name(torch.zeros(1, 2, 3, 3)) == expected
+
+
+def test_tracer_name_without_is_exporting_recognises_a_fake_tensor_outside_compile(monkeypatch):
+    """Older torch (no ``torch.compiler.is_exporting``): a fake-tensor input outside
+    ``torch.compile`` is an export; a real input, or a fake one under compile, is not."""
+    fake = _fake((1, 2, 3, 3))  # before: FakeTensorMode itself calls is_exporting
+    monkeypatch.delattr(torch.compiler, "is_exporting")
+    assert noise_module.tracer_name(fake) == "a fake-tensor trace"
+    assert noise_module.tracer_name(torch.zeros(1, 2, 3, 3)) is None
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert noise_module.tracer_name(fake) is None
+
+
+@pytest.mark.parametrize("name", [None, "features.3"])
+@pytest.mark.parametrize("cls", ["NoiseMask", "PerturbConv2d"])
+def test_lazy_layer_refuses_a_trace_with_its_name_and_stays_lazy(monkeypatch, cls, name):
+    module = NoiseMask(2, 2, level=0.1) if cls == "NoiseMask" else PerturbConv2d(2, 4, 2, level=0.1)
+    noise = module if isinstance(module, NoiseMask) else module.noise
+    noise.module_name = name
+    where = cls + (f" {name!r}" if name else "")
+    x = torch.zeros(1, 2, 4, 5)
+    with pytest.raises(RuntimeError) as info:
+        torch.jit.trace(module, (x,))
+    assert str(info.value) == REFUSAL.format(where=where, tracer="torch.jit.trace")
+    # Older torch's fake-tensor export: the refusal looks at the input itself.
+    fake = _fake((1, 2, 4, 5))
+    with monkeypatch.context() as patch:
+        patch.delattr(torch.compiler, "is_exporting")
+        with pytest.raises(RuntimeError) as info:
+            module.initialize_parameters(fake)
+    assert str(info.value) == REFUSAL.format(where=where, tracer="a fake-tensor trace")
+    assert noise.input_size is None and noise.masks.shape[2:] == (0, 0)
+    assert module(x).shape[2:] == (4, 5) and noise.input_size == (4, 5)
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_no_lazy_hook_is_left_once_the_masks_have_a_size(lazy):
+    layer = PerturbConv2d(2, 4, 2, input_size=None if lazy else 4, level=0.1)
+    if lazy:
+        layer(torch.zeros(1, 2, 4, 4))
+    for module in (layer, layer.noise):
+        assert not hasattr(module, "_initialize_hook") and not hasattr(module, "_load_hook")
+        assert not module._forward_pre_hooks and not module._load_state_dict_pre_hooks
+
+
+def test_lazy_masks_load_any_positive_size_and_refuse_an_empty_one():
+    for size in [(1, 5), (5, 1)]:
+        lazy = NoiseMask(2, 3, level=0.1)
+        lazy.load_state_dict(NoiseMask(2, 3, size, level=0.1).state_dict())
+        assert lazy.input_size == size and lazy.masks.shape == (2, 3, *size)
+    for shape in [(2, 3, 0, 5), (2, 3, 5, 0)]:
+        lazy = NoiseMask(2, 3, level=0.1)
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            lazy.load_state_dict({"masks": torch.zeros(shape)})
+        assert lazy.input_size is None
+
+
+def test_lazy_masks_shape_device_dtype_and_materialize_errors():
+    lazy = NoiseMask(3, 2, level=0.1, device="meta", dtype=torch.float64)
+    assert lazy.masks.shape == (3, 2, 0, 0) and lazy.module_name is None
+    with pytest.raises(ValueError, match=r"^input_size must"):
+        lazy.materialize(0)
+    lazy.materialize((4, 5))
+    assert lazy.masks.shape == (3, 2, 4, 5)
+    assert lazy.masks.device.type == "meta" and lazy.masks.dtype == torch.float64
+    with pytest.raises(RuntimeError) as info:
+        lazy.materialize((4, 5))
+    assert str(info.value) == "the masks already have a size, (4, 5)"
+
+
+def test_trainable_masks_take_the_factory_kwargs():
+    masks = NoiseMask(3, 2, 4, level=0.1, train_masks=True, device="meta", dtype=torch.float64)
+    assert masks.masks.device.type == "meta" and masks.masks.dtype == torch.float64
+
+
+def test_lazy_reset_parameters_takes_a_new_seed_only_from_a_generator():
+    lazy = NoiseMask(2, 2, level=0.1, generator=torch.Generator().manual_seed(1))
+    seed = lazy.seed
+    lazy.reset_parameters()
+    assert lazy.seed == seed
+    lazy.reset_parameters(torch.Generator().manual_seed(5))
+    same = NoiseMask(2, 2, level=0.1, generator=torch.Generator().manual_seed(5))
+    assert lazy.seed == same.seed != seed
+    lazy.materialize(3)
+    same.materialize(3)
+    assert torch.equal(lazy.masks, same.masks)
+
+
+def test_seeds_drawn_for_lazy_masks_span_a_wide_range():
+    seeds = {noise_module.draw_seed(torch.Generator().manual_seed(i)) for i in range(20)}
+    assert len(seeds) == 20 and all(0 <= s < 2**62 for s in seeds) and max(seeds) > 2**40
+
+
+def test_masks_are_drawn_in_float32_whatever_the_default_dtype():
+    reference = NoiseMask(2, 3, 4, level=0.1, generator=torch.Generator().manual_seed(0)).masks
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        masks = NoiseMask(
+            2, 3, 4, level=0.1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+        ).masks
+    finally:
+        torch.set_default_dtype(default)
+    assert torch.equal(masks, reference.double())
+
+
+@pytest.mark.parametrize("name", [None, "features.3"])
+def test_input_size_message_in_full(name):
+    noise = NoiseMask(2, 1, (4, 4), level=0.1)
+    noise.module_name = name
+    with pytest.raises(ValueError) as info:
+        noise(torch.zeros(1, 2, 4, 5))
+    assert str(info.value) == (
+        ("features.3: " if name else "")
+        + "input spatial size (4, 5) differs from the masks' size (4, 4) (given as input_size, "
+        "or taken from the first input of a lazy layer); the noise masks are fixed, so every "
+        "input must have that size. In a network, the size reaching a layer follows the size of "
+        "the images fed to the network: feed images of the size of its first input, or convert "
+        "(or build) a new network for another size"
+    )
+
+
+@pytest.mark.parametrize("cls", [NoiseMask, PerturbConv2d])
+def test_data_parallel_refusal_message_in_full(cls):
+    module = NoiseMask(2, 2, level=0.1) if cls is NoiseMask else PerturbConv2d(2, 4, 2, level=0.1)
+    with pytest.raises(RuntimeError) as info:
+        module._replicate_for_data_parallel()
+    assert str(info.value) == (
+        f"{cls.__name__} has lazy masks (input_size=None) and has not run yet; run one forward "
+        "(or give input_size) before nn.DataParallel replicates it"
+    )
+    module(torch.zeros(1, 2, 3, 3))
+    assert isinstance(module._replicate_for_data_parallel(), cls)
