@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import signal
+from pathlib import Path
 
 import pytest
 
 from perturbnn.repro import cli
 from perturbnn.repro.cli import demo
+from perturbnn.repro.signals import TrainingInterrupted
 
 
 def test_smoothed_noise_by_hand() -> None:
@@ -38,3 +41,38 @@ def test_demo_config_is_a_short_run_at_width_over_8() -> None:
     assert (config.train_subset, config.test_subset, config.manual_seed) == (4000, 2000, 3)
     with pytest.raises(SystemExit):
         demo.build_parser().parse_args(["--experiment", "nope"])
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line"),
+    [
+        (
+            TrainingInterrupted("SIGINT received in epoch 3", signum=signal.SIGINT),
+            130,
+            "demo interrupted by SIGINT",
+        ),
+        (
+            TrainingInterrupted(
+                "SIGTERM received", signum=signal.SIGTERM, checkpoint=Path("r/c.pt")
+            ),
+            143,
+            f"demo interrupted by SIGTERM; the last completed epoch is in {Path('r/c.pt')}",
+        ),
+        (KeyboardInterrupt(), 130, "demo interrupted"),
+    ],
+)
+def test_demo_interrupted_says_so_in_one_line(
+    error: BaseException,
+    code: int,
+    line: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def interrupted(config: object, logger: object = None) -> None:
+        raise error
+
+    monkeypatch.setattr(demo, "run_experiment", interrupted)
+    monkeypatch.setattr(demo, "log_to_stdout", lambda: None)
+    assert demo.main(["--threads", "1"]) == code
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [line]  # no traceback

@@ -41,6 +41,7 @@ from perturbnn.repro.data import DataCorruptError, DataNotFoundError
 from perturbnn.repro.experiments import EXPERIMENTS, list_experiments
 from perturbnn.repro.run import run_experiment
 from perturbnn.repro.runtime import log_to_stdout, threads_for_run
+from perturbnn.repro.signals import TrainingInterrupted
 
 __all__ = ["DEMO_EPOCHS", "DEMO_TEST", "DEMO_TRAIN", "build_parser", "gap_sentence", "main"]
 
@@ -113,9 +114,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         default=DEMO_EXPERIMENT,
         type=choice(list_experiments(), what="experiment"),
         metavar="NAME",
-        help=f"the preset to run (default {DEMO_EXPERIMENT!r})",
+        help="the preset to run",
     )
-    parser.add_argument("--manual-seed", type=int, default=1, help="the run's seed (default 1)")
+    parser.add_argument("--manual-seed", type=int, default=1, help="the run's seed")
     add_threads_flag(parser.add_argument)
     parser.add_argument("--progress", action="store_true", help="show tqdm bars")
     return parser
@@ -161,6 +162,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (DataNotFoundError, DataCorruptError, ValueError, OSError) as exc:
         echo(f"error: {name_flags(str(exc), flags)}", err=True)
         return 2
+    except TrainingInterrupted as exc:  # SIGINT or SIGTERM: the loop has said where it stopped
+        saved = f"; the last completed epoch is in {exc.checkpoint}" if exc.checkpoint else ""
+        echo(f"\ndemo interrupted by {exc.signal_name}{saved}", err=True)
+        return exc.exit_code  # 130 (SIGINT) or 143 (SIGTERM)
+    except KeyboardInterrupt:
+        echo("\ndemo interrupted", err=True)
+        return 130
     echo()
     echo(f"after {summary.epochs} epochs ({summary.wall_time_s:.0f} s):")
     rows = [
