@@ -60,8 +60,8 @@ def literal(x, masks, weight, bias, level, activation):
     if activation is None:
         act = lambda t: t  # noqa: E731
     elif isinstance(activation, nn.PReLU):  # written out, its slope promoted to float64
-        slope = activation.weight.double()
-        act = lambda t: t.clamp_min(0) + slope * t.clamp_max(0)  # noqa: E731
+        slope = activation.weight.double()  # derivative at 0: the slope, as torch's prelu
+        act = lambda t: torch.where(t > 0, t, slope * t)  # noqa: E731
     else:
         act = activation
     channels, nmasks = x.shape[1], masks.shape[1]
@@ -244,6 +244,33 @@ def test_compiled_path_matches_literal(unique, bias, train_masks, act):
         with mock.patch.dict(_fast_compiled.BLOCK_ELEMENTS, {"cpu": per_channel}):
             check_against_literal("compiled", cfg, act, "compiled")
     assert _fast_compiled.compiled_available()  # it really compiled, no fallback
+
+
+@pytest.mark.parametrize(
+    ("impl", "act"),
+    [*(("eager", a) for a in FAMILIES), ("compiled", "relu"), ("compiled", "lrelu"),
+     ("compiled", "prelu")],
+)  # fmt: skip
+@pytest.mark.parametrize("unique", [True, False], ids=["unique", "shared"])
+def test_fast_paths_at_perturbed_values_exactly_zero(impl, act, unique):
+    """At ``x + level * mask == 0`` the derivative is the activation's own (PReLU: the slope).
+
+    Random inputs almost never hit the kink; the benchmark's large layer did (one value in 134M),
+    and the compiled PReLU kernel then gave 0 instead of the slope. Here ``x`` is on a grid of
+    quarters and ``level`` is 0.5, so ``mask = -x / level`` is exact and the first mask of every
+    channel perturbs the first sample to exactly 0 at every pixel.
+    """
+    _fast_compiled._reset()
+    cfg = pinned(unique=unique, level=0.5)
+    x, masks, weight, bias = make_inputs(cfg)
+    with torch.no_grad():
+        x.copy_(torch.round(x * 4) / 4)
+        masks[:, 0] = -x[0, : masks.shape[0]] / cfg["level"]
+    assert (x[0, : masks.shape[0]] + cfg["level"] * masks[:, 0] == 0).all()
+    activation = activation_for(act)
+    expected = literal_outputs_and_grads(x, masks, weight, bias, cfg["level"], activation)
+    got = outputs_and_grads(impl, x, masks, weight, bias, cfg["level"], activation)
+    assert_same(got, expected)
 
 
 @pytest.mark.parametrize("act", FAMILIES)

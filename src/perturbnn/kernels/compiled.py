@@ -12,6 +12,12 @@ it). To bound that, the layer is cut into blocks of whole channel groups (the gr
 independent), each compiled call covering at most :data:`BLOCK_ELEMENTS` perturbed values; the
 blocks are joined by ``split``/``cat``, whose backward passes are one copy each.
 
+A single-slope ``PReLU`` is compiled as two sums, ``pos = sum_m W relu(p)`` and
+``neg = sum_m W min(p, 0)``, joined outside as ``pos + slope * neg``: the same layer, but the
+slope's gradient becomes a sum over the output instead of one float32 reduction over every
+perturbed value, whose rounding (7e-5 relative on the benchmark's large layer, where its terms
+cancel) exceeded the 1e-5 that every fast path must meet against the literal layer.
+
 Where compilation is unavailable (no C++ compiler, an unsupported Python or platform), the first
 failure emits one ``RuntimeWarning`` and every later call uses the eager chunked path.
 """
@@ -55,13 +61,59 @@ def _fused(
     return out
 
 
-def _compile(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+def _fused_prelu_parts(
+    x: Tensor,
+    noise: Tensor,
+    weight: Tensor,
+) -> tuple[Tensor, Tensor]:  # pragma: no mutate block (torch.compile copies its code)
+    """The two halves of a single-slope PReLU layer: ``sum_m W relu(p)`` and ``sum_m W min(p, 0)``.
+
+    ``prelu(p, a) = relu(p) + a * min(p, 0)``, with ``min(p, 0)`` written ``p - relu(p)`` so that
+    the derivative at ``p = 0`` is PReLU's ``a`` (inductor's ``clamp`` gives 0 there), so
+    the layer is ``pos + a * neg``, ``Tensor[batch, out_channels, height, width]`` each. The
+    slope's gradient then is one sum over ``batch * out_channels * height * width`` products,
+    left to the caller, instead of one float32 reduction over all ``nmasks`` times more
+    perturbed values inside a fused kernel (which cancel: the rounding error of that reduction
+    was 7e-5 relative on the benchmark's large layer).
+    """
+    batch, channels, height, width = x.shape
+    nmasks = noise.shape[1]
+    out_channels = weight.shape[0]
+    fanout = out_channels // channels
+    perturbed = (x.unsqueeze(2) + noise.unsqueeze(0)).reshape(
+        batch, channels, 1, nmasks, height * width
+    )
+    w = weight.reshape(1, channels, fanout, nmasks, 1)
+    positive = torch.relu(perturbed)
+    negative = perturbed - positive  # min(p, 0) exactly, derivative 1 at p = 0 as PReLU's
+    pos = (positive * w).sum(3).reshape(batch, out_channels, height, width)
+    neg = (negative * w).sum(3).reshape(batch, out_channels, height, width)
+    return pos, neg
+
+
+def _prelu_from_parts(
+    parts: Callable[..., tuple[Tensor, Tensor]],
+    slope: Tensor,
+    x: Tensor,
+    noise: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    activation: object,
+) -> Tensor:
+    """``pos + slope * neg (+ bias)`` from the compiled :func:`_fused_prelu_parts` (same arguments
+    as :func:`_fused`, so that :func:`_fused_blocks` can cut it into blocks)."""
+    pos, neg = parts(x, noise, weight)
+    out = pos + slope * neg
+    return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+
+
+def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``torch.compile`` with static shapes (a seam for the tests, which simulate a failure)."""
-    compiled: Callable[..., Tensor] = torch.compile(fn, dynamic=False)
+    compiled: Callable[..., Any] = torch.compile(fn, dynamic=False)
     return compiled
 
 
-def _fresh_copy(key: int) -> Callable[..., Tensor]:
+def _fresh_copy(key: int, fn: Callable[..., Any] = _fused) -> Callable[..., Any]:
     """A copy of :func:`_fused` with its own code object.
 
     ``torch.compile`` keeps its compiled graphs per code object, up to a small recompile limit
@@ -69,8 +121,8 @@ def _fresh_copy(key: int) -> Callable[..., Tensor]:
     the perturbed tensor. Every layer shape gets its own copy, hence its own cache, so a network
     with many layer shapes stays compiled with static-shape kernels (faster than dynamic ones).
     """
-    code = _fused.__code__.replace(co_name=f"_fused_{key}")
-    return types.FunctionType(code, _fused.__globals__, code.co_name, _fused.__defaults__)
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{key}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__)
 
 
 _state: dict[str, Any] = {"fns": {}, "error": None}
@@ -92,8 +144,10 @@ def _reset() -> None:
     _state["error"] = None
 
 
-def _compiled_for(x: Tensor, noise: Tensor, weight: Tensor) -> Callable[..., Tensor]:
-    """The compiled function for these shapes, dtype, device and (on the CPU) thread count.
+def _compiled_for(
+    x: Tensor, noise: Tensor, weight: Tensor, fn: Callable[..., Any] = _fused
+) -> Callable[..., Any]:
+    """The compiled ``fn`` for these shapes, dtype, device and (on the CPU) thread count.
 
     Inductor's CPU kernels fix their OpenMP thread count when they are generated, unless it
     equals ``os.cpu_count()``: a kernel compiled at 4 threads keeps using 4 after
@@ -103,6 +157,7 @@ def _compiled_for(x: Tensor, noise: Tensor, weight: Tensor) -> Callable[..., Ten
     """
     threads = torch.get_num_threads() if x.device.type == "cpu" else 0
     key = (
+        fn.__name__,
         tuple(x.shape[1:]),
         tuple(noise.shape),
         tuple(weight.shape),
@@ -110,9 +165,9 @@ def _compiled_for(x: Tensor, noise: Tensor, weight: Tensor) -> Callable[..., Ten
         x.device,
         threads,
     )
-    fns: dict[Any, Callable[..., Tensor]] = _state["fns"]
+    fns: dict[Any, Callable[..., Any]] = _state["fns"]
     if key not in fns:
-        fns[key] = _compile(_fresh_copy(len(fns)))
+        fns[key] = _compile(_fresh_copy(len(fns), fn))
     return fns[key]
 
 
@@ -179,9 +234,9 @@ def perturb_act_conv2d_compiled(
         ``Tensor[batch_size, out_channels, height, width]`` of ``x``'s dtype.
 
     An activation with a parameter of another dtype than ``x`` (a float32 ``PReLU`` slope when
-    autocast hands a bfloat16 ``x``) takes the eager chunked path, which casts the parameter:
-    ``prelu`` does not promote, so tracing the expression would fail, and that failure would
-    switch compilation off for the whole process.
+    autocast hands a bfloat16 ``x``) takes the eager chunked path, which casts the parameter to
+    ``x``'s dtype as every fast path does (inside a caller's own ``torch.compile``, where
+    :func:`_fused` is traced whole, ``prelu`` would not promote and tracing would fail).
     """
     if _state["error"] is None and all(p.dtype == x.dtype for p in act.params):
         dtype = x.dtype
@@ -191,6 +246,12 @@ def perturb_act_conv2d_compiled(
         if _is_compiling():  # inside the caller's own torch.compile: let it fuse the expression
             return _fused(x, noise, w, b, activation)
         try:
+            if act.params:  # a single-slope PReLU (the only Pointwise with a parameter)
+                parts = _compiled_for(x, noise, w, _fused_prelu_parts)
+                slope = act.params[0]
+                return _fused_blocks(
+                    x, noise, w, b, activation, lambda *a: _prelu_from_parts(parts, slope, *a)
+                )
             return _fused_blocks(x, noise, w, b, activation, _compiled_for(x, noise, w))
         except Exception as error:  # compilation unavailable: fall back once, say so once
             _state["error"] = error
