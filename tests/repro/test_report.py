@@ -508,7 +508,9 @@ def test_finished_runs_are_skipped_and_mismatched_ones_refused(
             [0.55] * cpu.nepochs,
             config=config.to_dict(),
         )
-        return SimpleNamespace(best_acc=0.5, best_epoch=1, original_best_acc=0.55)
+        return SimpleNamespace(
+            best_acc=0.5, best_epoch=1, original_best_acc=0.55, device="cpu", metadata={}
+        )
 
     monkeypatch.setattr(script, "run_experiment", fake_training)
     argv = ["--only", "baseline", "--out-dir", str(root), "--report", str(tmp_path / "r.md")]

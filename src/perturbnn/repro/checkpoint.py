@@ -132,6 +132,7 @@ def save_checkpoint(
     best_acc: Optional[float] = None,
     best_epoch: Optional[int] = None,
     rng: Optional[Mapping[str, Any]] = None,
+    threads: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Write a checkpoint that loads with ``torch.load(path, weights_only=True)``.
 
@@ -152,6 +153,9 @@ def save_checkpoint(
         best_acc (float, optional): best exact test accuracy so far.
         best_epoch (int, optional): the epoch of ``best_acc``.
         rng (Mapping, optional): random number generator states (see :func:`fit`).
+        threads (Mapping, optional): the thread counts so far and the number of steps
+            (:meth:`perturbnn.repro.runtime.ThreadRecorder.state_dict`), so that a resumed
+            run continues the record.
 
     Returns:
         Path: ``path``.
@@ -172,6 +176,7 @@ def save_checkpoint(
         "best_acc": best_acc,
         "best_epoch": best_epoch,
         "rng": dict(rng) if rng is not None else None,
+        "threads": _plain(dict(threads)) if threads is not None else None,
     }
     _atomic_save(checkpoint, target)
     return target
@@ -199,7 +204,8 @@ def load_checkpoint(path: PathLike, map_location: DeviceLike = "cpu") -> dict[st
 
     Returns:
         dict: ``format``, ``epoch``, ``model``, ``optimizer``, ``scheduler``, ``config``,
-        ``history``, ``smoothed``, ``best_acc``, ``best_epoch``, ``rng`` and version entries.
+        ``history``, ``smoothed``, ``best_acc``, ``best_epoch``, ``rng``, ``threads`` (absent
+        from checkpoints of older releases) and version entries.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.

@@ -47,6 +47,8 @@ from perturbnn.repro.runtime import (
     LossFn,
     PathLike,
     _device_of,
+    install_recorder,
+    record_threads,
 )
 from perturbnn.repro.signals import StopOnSignal, TrainingInterrupted
 
@@ -220,6 +222,13 @@ def fit(
     whenever the exact test accuracy improves, and ``summary.json`` at the end (see
     :class:`FitSummary`). Checkpoints load with ``torch.load(path, weights_only=True)``.
 
+    The thread counts of the run are recorded by step
+    (:class:`~perturbnn.repro.thread_record.ThreadSchedule`: the initial count and every
+    change, keyed by the index of the :func:`~perturbnn.repro.runtime.adapt_threads` call over
+    the run's training and test batches) and returned in the summary's metadata under
+    ``"threads"`` (so ``summary.json`` holds it); checkpoints hold the record so far, and a
+    resumed run continues its count. ``--threads-from`` replays it exactly.
+
     Faults (see ``docs/robustness.md``): before the first step, ``out_dir`` is created and
     checked (:func:`check_out_dir`: writable, room for three checkpoints) and
     ``checkpoint_last.pt`` is written with the starting state (epoch 0, or the resumed epoch).
@@ -287,6 +296,8 @@ def fit(
     best_acc = -math.inf
     best_epoch = 0
     start = 0
+    saved_threads: Optional[Mapping[str, Any]] = None
+    threads_known = True
 
     if resume is not None:
         checkpoint = resume if isinstance(resume, Mapping) else load_checkpoint(resume, dev)
@@ -300,7 +311,11 @@ def fit(
             best_epoch = int(checkpoint.get("best_epoch") or 0)
         if checkpoint.get("rng"):
             _restore_rng(checkpoint["rng"], train_loader)
+        saved_threads = checkpoint.get("threads")
+        threads_known = saved_threads is not None or start == 0  # older releases: none
         log.info("resumed from epoch %d of %d", start, epochs)
+    # The thread counts, by step, continued from the checkpoint (docs/performance.md).
+    recorder = record_threads(saved_threads, complete=threads_known)
 
     parameters, mask_values = _count(model)
     directory = Path(out_dir) if out_dir is not None else None
@@ -326,12 +341,15 @@ def fit(
             best_acc=best_acc if math.isfinite(best_acc) else None,
             best_epoch=best_epoch if math.isfinite(best_acc) else None,
             rng=_rng_state(train_loader),
+            threads=recorder.state_dict(),
         )
 
     stop = StopOnSignal(enabled=handle_signals, logger=log)
+    outer_recorder = None
     completed = start  # epochs completed, and saved if there is an out_dir
     try:
         stop.install()
+        outer_recorder = install_recorder(recorder)
         if start >= epochs:
             log.info(
                 "the checkpoint has %d epoch%s already; nothing to train",
@@ -387,6 +405,7 @@ def fit(
                     best_acc=best_acc,
                     best_epoch=best_epoch,
                     rng=_rng_state(train_loader),
+                    threads=recorder.state_dict(),
                 )
                 if improved:
                     best = directory / "checkpoint_best.pt"
@@ -424,12 +443,14 @@ def fit(
             )
         raise
     finally:
+        install_recorder(outer_recorder)
         stop.restore()
         if log_file is not None:
             log_file.close()
 
     if not history["epoch"]:
         raise ValueError(f"nothing trained and no history to summarize (epochs={epochs})")
+    meta["threads"] = recorder.schedule(finished=True).to_dict()
     summary = _summarize(
         history,
         parameters=parameters,

@@ -2,8 +2,9 @@
 
 The thread count (:func:`configure_threads`) is chosen from what the process can see (its
 affinity mask, a cgroup CPU quota; ``OMP_NUM_THREADS`` and ``torch.set_num_threads`` set by the
-user win) and lowered while other processes keep the CPUs busy (:class:`ContentionGuard`); see
-docs/performance.md, "Sharing the CPU".
+user win) and lowered while other processes keep the CPUs busy (:class:`ContentionGuard`); each
+run records the counts (:func:`record_threads`), which ``--threads-from`` replays exactly
+(:mod:`perturbnn.repro.thread_record`); see docs/performance.md, "Sharing the CPU".
 
 Source: the seed's ``main.py`` (``--manual-seed``, ``--device``).
 """
@@ -19,10 +20,12 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
+
+from perturbnn.repro.thread_record import ThreadRecorder, ThreadSchedule
 
 __all__ = [
     "THREAD_ENV_VARS",
@@ -34,7 +37,9 @@ __all__ = [
     "check_threads",
     "choose_threads",
     "configure_threads",
+    "install_recorder",
     "log_to_stdout",
+    "record_threads",
     "resolve_device",
     "set_seed",
     "threads_for_run",
@@ -230,20 +235,27 @@ class ThreadPlan:
     Attributes:
         threads (int): intra-op threads (``torch.set_num_threads``).
         source (str): ``"--threads"``, the environment variable (``"OMP_NUM_THREADS"``),
-            ``"torch.set_num_threads"`` (set by the user before the run), or ``"available"``
-            (the CPUs this process may use: affinity mask and cgroup quota).
+            ``"torch.set_num_threads"`` (set by the user before the run), ``"available"`` (the
+            CPUs this process may use: affinity mask, cgroup quota), or ``"--threads-from"``.
         available (int): :func:`available_cpus`.
         adaptive (bool): the count drops while other processes keep the CPUs busy, and comes
             back when they stop (only when nobody chose the count: ``source == "available"``).
+        replayed_from (str, optional): the file of the replayed schedule.
     """
 
     threads: int
     source: str
     available: int
     adaptive: bool
+    replayed_from: Optional[str] = None
 
     def describe(self) -> str:
         """One line for the command line's output."""
+        if self.source == "--threads-from":
+            return (
+                f"threads: {self.threads} at the start, then as recorded in "
+                f"{self.replayed_from} (--threads-from: replayed exactly, not adapted)"
+            )
         what = {
             "--threads": "--threads",
             "torch.set_num_threads": "set by torch.set_num_threads before the run",
@@ -415,60 +427,94 @@ class ContentionGuard:
 
 
 _GUARD: list[Optional[ContentionGuard]] = [None]
+_REPLAY: list[Optional[ThreadSchedule]] = [None]
+_RECORD: list[Optional[ThreadRecorder]] = [None]
 
 
-def configure_threads(threads: Optional[int] = None) -> ThreadPlan:
-    """Choose (:func:`choose_threads`) and apply the thread count of a run.
+def configure_threads(
+    threads: Optional[int] = None, *, replay: Optional[ThreadSchedule] = None
+) -> ThreadPlan:
+    """Choose (:func:`choose_threads`) and apply the thread count of a run, or replay one.
 
     Sets ``torch.set_num_threads`` and, when the count is adaptive, installs the
     :class:`ContentionGuard` that :func:`adapt_threads` consults at every training and test
-    step of :mod:`perturbnn.repro.loop`. Called by both commands of the command line; from
-    Python, call it before :func:`perturbnn.repro.run.run_experiment` to get the same.
+    step of :mod:`perturbnn.repro.loop`. With ``replay`` (``--threads-from``), no guard: the
+    recorded initial count is set, and :func:`adapt_threads` applies the recorded changes at
+    the recorded calls. Called by every command of the command line; from Python, call it
+    before :func:`perturbnn.repro.run.run_experiment` to get the same.
 
     Args:
         threads: the count asked for (``--threads``), or ``None`` to choose.
+        replay: a recorded schedule (:func:`~perturbnn.repro.thread_record.load_thread_record`)
+            to apply exactly instead; not with ``threads``.
 
     Returns:
         ThreadPlan: what was chosen (:meth:`ThreadPlan.describe` gives the line to print).
 
     Raises:
-        TypeError, ValueError: if ``threads`` is not a positive int.
+        TypeError, ValueError: if ``threads`` is not a positive int, or both are given.
     """
-    plan = choose_threads(threads)
+    if replay is not None and threads is not None:
+        raise ValueError(f"threads and replay are exclusive, got threads={threads}")
+    plan = (
+        ThreadPlan(replay.initial, "--threads-from", available_cpus(), False, replay.replayed_from)
+        if replay is not None
+        else choose_threads(threads)
+    )
     if torch.get_num_threads() != plan.threads:
         torch.set_num_threads(plan.threads)
     _GUARD[0] = ContentionGuard(plan.threads) if plan.adaptive and plan.threads > 1 else None
+    _REPLAY[0] = replay
     return plan
 
 
 def adapt_threads() -> None:
-    """Let the guard installed by :func:`configure_threads` decide (cheap; a no-op without)."""
-    guard = _GUARD[0]
-    if guard is not None:
+    """One step of the run: the guard decides (or the replayed schedule applies), and the
+    count in force is recorded (:func:`record_threads`). Cheap; a no-op without either."""
+    guard, record = _GUARD[0], _RECORD[0]
+    if record is not None:
+        record.step(guard.poll if guard is not None else None)
+    elif guard is not None:
         guard.poll()
 
 
+def record_threads(
+    saved: Optional[Mapping[str, Any]] = None, *, complete: bool = True
+) -> ThreadRecorder:
+    """A :class:`~perturbnn.repro.thread_record.ThreadRecorder` replaying the schedule, or
+    adaptive, as :func:`configure_threads` set them (arguments as its own); once installed
+    (:func:`install_recorder`), :func:`adapt_threads` feeds it. :func:`~perturbnn.repro.fit.fit`
+    does both."""
+    return ThreadRecorder(saved, complete=complete, replay=_REPLAY[0], adaptive=bool(_GUARD[0]))
+
+
+def install_recorder(recorder: Optional[ThreadRecorder]) -> Optional[ThreadRecorder]:
+    """Make :func:`adapt_threads` feed ``recorder`` (``None``: none); return the previous one."""
+    before = _RECORD[0]
+    _RECORD[0] = recorder
+    return before
+
+
 @contextlib.contextmanager
-def threads_for_run(threads: Optional[int] = None) -> Iterator[ThreadPlan]:
+def threads_for_run(
+    threads: Optional[int] = None, *, replay: Optional[ThreadSchedule] = None
+) -> Iterator[ThreadPlan]:
     """:func:`configure_threads` for the duration of a ``with`` block, then as before.
 
-    On exit the guard is removed and the thread count the process had is restored, so that a
-    caller (a test, a notebook) finds torch as it left it.
+    On exit the guard and the replayed schedule are removed and the thread count the process
+    had is restored, so that a caller (a test, a notebook) finds torch as it left it.
 
-    Args:
-        threads: the count asked for (``--threads``), or ``None`` to choose.
+    Args, raises: as :func:`configure_threads`.
 
     Yields:
         ThreadPlan: what was chosen.
-
-    Raises:
-        TypeError, ValueError: if ``threads`` is not a positive int.
     """
     before = torch.get_num_threads()
-    plan = configure_threads(threads)
+    plan = configure_threads(threads, replay=replay)
     try:
         yield plan
     finally:
         _GUARD[0] = None
+        _REPLAY[0] = None
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)

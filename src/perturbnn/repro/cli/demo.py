@@ -23,6 +23,7 @@ is ``perturbnn-repro reproduce``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -36,14 +37,23 @@ from perturbnn.repro.cli.output import (
     flag_names,
     name_flags,
 )
-from perturbnn.repro.config import RunConfig
+from perturbnn.repro.config import MACHINE_FIELDS, RunConfig
 from perturbnn.repro.data import DataCorruptError, DataNotFoundError
 from perturbnn.repro.experiments import EXPERIMENTS, list_experiments
 from perturbnn.repro.run import run_experiment
 from perturbnn.repro.runtime import log_to_stdout, threads_for_run
 from perturbnn.repro.signals import TrainingInterrupted
+from perturbnn.repro.thread_record import ThreadSchedule, replay_schedule
 
-__all__ = ["DEMO_EPOCHS", "DEMO_TEST", "DEMO_TRAIN", "build_parser", "gap_sentence", "main"]
+__all__ = [
+    "DEMO_EPOCHS",
+    "DEMO_TEST",
+    "DEMO_TRAIN",
+    "build_parser",
+    "gap_sentence",
+    "main",
+    "thread_sentence",
+]
 
 PROG = "perturbnn-repro demo"
 DEMO_EXPERIMENT = "no-noise-1x1"
@@ -92,6 +102,27 @@ def gap_sentence(gap: float, accuracy: float, batch_size: int) -> str:
     )
 
 
+def thread_sentence(record: object, out_dir: Optional[str]) -> str:
+    """How to regenerate the run's numbers exactly, given its thread record (``summary.json``'s
+    ``"threads"``) and where its files went (``None``: nowhere)."""
+    try:
+        schedule = ThreadSchedule.from_dict(record)
+    except ValueError:
+        return "thread counts: not recorded"
+    used = f"thread counts: {schedule.describe()}"
+    if schedule.replayed_from is not None:
+        return f"{used} (replayed from {schedule.replayed_from})"
+    if not schedule.changes:
+        return f"{used}; --threads {schedule.initial} repeats this run exactly"
+    if out_dir is not None:
+        return f"{used}, recorded; --threads-from {out_dir} repeats this run exactly"
+    bare = {k: v for k, v in schedule.to_dict().items() if k != "replayed_from"}
+    return (
+        f"{used} (other processes kept the CPUs busy); to repeat this run exactly, save this "
+        f"record as a file and pass it to --threads-from (--out-dir saves it): {json.dumps(bare)}"
+    )
+
+
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The command-line parser of the demo."""
     parser = Parser(
@@ -117,7 +148,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="the preset to run",
     )
     parser.add_argument("--manual-seed", type=int, default=1, help="the run's seed")
-    add_threads_flag(parser.add_argument)
+    add_threads_flag(parser)
     parser.add_argument("--progress", action="store_true", help="show tqdm bars")
     return parser
 
@@ -149,6 +180,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (TypeError, ValueError) as exc:
         echo(f"error: {name_flags(str(exc), flags)}", err=True)
         return 2
+    replay: Optional[ThreadSchedule] = None
+    if args.threads_from is not None:
+        try:
+            replay = replay_schedule(args.threads_from, config.to_dict(), ignore=MACHINE_FIELDS)
+        except ValueError as exc:
+            echo(f"error: {exc}", err=True)
+            return 2
     echo(
         f"demo: the seed's {args.experiment!r} experiment at width {config.nfilters}, "
         f"{DEMO_EPOCHS} epochs on {DEMO_TRAIN:,} training images, tested every epoch on "
@@ -156,7 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     log_to_stdout()
     try:
-        with threads_for_run(args.threads) as plan:
+        with threads_for_run(args.threads, replay=replay) as plan:
             echo(plan.describe())
             summary = run_experiment(config, logger=logging.getLogger("perturbnn.repro.fit"))
     except (DataNotFoundError, DataCorruptError, ValueError, OSError) as exc:
@@ -180,6 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for label, value in rows:
         echo(f"  {label:<{width}}  {value}")
     echo(gap_sentence(summary.gap, summary.best_acc, config.batch_size))
+    echo(thread_sentence(summary.metadata.get("threads"), config.out_dir))
     echo(
         "The full reproduction (eight experiments, three seeds, report): perturbnn-repro reproduce"
     )

@@ -11,7 +11,7 @@
   typed (``--test-subset``).
 * :func:`plural`: ``1 epoch``, ``2 epochs``.
 * :func:`threads_arg`: the ``type`` of ``--threads`` (a positive int); :func:`add_threads_flag`
-  adds the flag, the same on every command.
+  adds it and ``--threads-from`` (mutually exclusive), the same on every command.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import difflib
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
 __all__ = [
+    "REPLAY_ONE_RUN",
     "HelpFormatter",
     "Parser",
     "add_threads_flag",
@@ -107,16 +108,40 @@ def threads_arg(text: str) -> int:
     return value
 
 
-def add_threads_flag(add_argument: Callable[..., object]) -> None:
-    """Add ``--threads N`` through ``add_argument`` (a parser's or a group's), as every command
-    (``demo``, ``train``, ``reproduce``) has it."""
-    add_argument(
+#: ``--threads-from``'s help on ``demo`` and ``train``: what PATH is.
+REPLAY_ONE_RUN = "the summary.json of an earlier run of the same configuration, or its run folder"
+
+
+def add_threads_flag(
+    parser: argparse.ArgumentParser,
+    *,
+    default: Any = None,
+    replay_source: str = REPLAY_ONE_RUN,
+) -> None:
+    """Add ``--threads N`` and ``--threads-from PATH``, mutually exclusive, as every command
+    (``demo``, ``train``, ``reproduce``) has them.
+
+    Args:
+        parser: the parser.
+        default: both flags' default (``argparse.SUPPRESS`` to set only explicit flags).
+        replay_source: what ``PATH`` is, for the help.
+    """
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
         "--threads",
         type=threads_arg,
-        default=None,
+        default=default,
         metavar="N",
         help="CPU threads (default: $OMP_NUM_THREADS if set, else the CPUs this process may "
-        "use, fewer while other processes keep them busy)",
+        "use, fewer while other processes keep them busy; the counts used are recorded)",
+    )
+    group.add_argument(
+        "--threads-from",
+        default=default,
+        metavar="PATH",
+        help=f"replay the thread counts recorded by an earlier run, step by step, to regenerate "
+        f"its numbers exactly (the count changes the rounding); PATH: {replay_source} "
+        "(default: none)",
     )
 
 

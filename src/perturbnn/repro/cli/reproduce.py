@@ -32,6 +32,7 @@ Examples (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -60,6 +61,7 @@ from perturbnn.repro.report import SUMMARY_FILE, build_report, format_duration
 from perturbnn.repro.run import run_experiment
 from perturbnn.repro.runtime import log_to_stdout, threads_for_run
 from perturbnn.repro.scales import SCALES, Scale, estimate_costs, predict_seconds
+from perturbnn.repro.thread_record import ThreadSchedule, replay_runs
 
 __all__ = ["build_parser", "main", "resolve_scale"]
 
@@ -226,7 +228,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "metric comparison) if it ran",
     )
     parser.add_argument("--progress", action="store_true", help="show tqdm bars")
-    add_threads_flag(parser.add_argument)
+    add_threads_flag(
+        parser,
+        replay_source="an earlier reproduce's --out-dir (each run replays the record of the "
+        "same experiment and seed there)",
+    )
     group = parser.add_argument_group("overrides of the scale (recorded in the report)")
     group.add_argument("--nepochs", type=int, default=None, help="epochs per experiment")
     group.add_argument(
@@ -312,14 +318,33 @@ def _write_manifest(
     (out_dir / "reproduce.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
+def load_replays(
+    names: Sequence[str], scale: Scale, args: argparse.Namespace, seeds: Sequence[int]
+) -> dict[tuple[str, int], ThreadSchedule]:
+    """``--threads-from DIR``: each run's recorded counts, from ``DIR/<experiment>/seed-<n>/``
+    (:func:`~perturbnn.repro.thread_record.replay_runs`; ``ValueError`` naming the flag)."""
+    runs = {
+        (name, seed): (
+            run_folder(Path(), name, seed),
+            make_config(name, scale, data_dir=args.data_dir, out_dir=Path(), progress=False,
+                        seed=seed).to_dict(),
+        )
+        for name in names
+        for seed in seeds
+    }  # fmt: skip
+    return replay_runs(args.threads_from, runs, ignore=MACHINE_FIELDS)
+
+
 def train_all(
     names: Sequence[str],
     scale: Scale,
     args: argparse.Namespace,
     out_dir: Path,
     seeds: Sequence[int] = (1,),
+    replays: Optional[Mapping[tuple[str, int], ThreadSchedule]] = None,
 ) -> int:
-    """Run (or skip, or resume) each experiment once per seed; return 0, or 1 if one failed."""
+    """Run (or skip, or resume) each experiment once per seed; return 0, or 1 if one failed.
+    With ``replays`` (``--threads-from``), each run replays its recorded thread counts."""
     status = 0
     started = time.perf_counter()
     jobs = [(name, seed) for name in names for seed in seeds]
@@ -355,8 +380,12 @@ def train_all(
         if predicted is not None:
             echo(f"  budget {format_duration(predicted)}")
         began = time.perf_counter()
+        replay = replays.get((name, seed)) if replays is not None else None
         try:
-            summary = run_experiment(config, logger=logging.getLogger("perturbnn.repro.fit"))
+            with contextlib.ExitStack() as replaying:
+                if replay is not None:
+                    replaying.enter_context(threads_for_run(replay=replay))
+                summary = run_experiment(config, logger=logging.getLogger("perturbnn.repro.fit"))
         except FloatingPointError as exc:
             echo(f"  error: {exc}", err=True)
             status = 1
@@ -368,6 +397,10 @@ def train_all(
             f"{summary.best_epoch}), original-method {summary.original_best_acc:.2%}, in "
             f"{format_duration(took)}{budget}"
         )
+        if summary.device == "cpu" and "threads" in summary.metadata:
+            used = ThreadSchedule.from_dict(summary.metadata["threads"])
+            how = "replayed" if used.replayed_from is not None else "recorded"
+            echo(f"  thread counts: {used.describe()} ({how})")
     echo(f"\ntraining took {format_duration(time.perf_counter() - started)} in all")
     return status
 
@@ -410,6 +443,13 @@ def main(argv: Optional[Sequence[str]] = None, *, command: str = PROG) -> int:
         except (TypeError, ValueError) as exc:
             echo(f"error: {name_flags(str(exc), flags)}", err=True)
             return 2
+        replays: Optional[dict[tuple[str, int], ThreadSchedule]] = None
+        if args.threads_from is not None:
+            try:
+                replays = load_replays(names, scale, args, seeds)
+            except ValueError as exc:
+                echo(f"error: {exc}", err=True)
+                return 2
         if args.estimate:
             echo(f"measuring at scale {scale.name}: {scale.summary_line()}")
             try:
@@ -431,9 +471,14 @@ def main(argv: Optional[Sequence[str]] = None, *, command: str = PROG) -> int:
         _write_manifest(out_dir, scale, f"{command} {shlex.join(arguments)}".strip(), budget, seeds)
         log_to_stdout()
         try:
-            with threads_for_run(args.threads) as plan:
-                echo(plan.describe())
-                status = train_all(names, scale, args, out_dir, seeds)
+            if replays is not None:
+                where = f"as recorded for each run in {args.threads_from}"
+                echo(f"threads: {where} (--threads-from: replayed exactly, not adapted)")
+                status = train_all(names, scale, args, out_dir, seeds, replays)
+            else:
+                with threads_for_run(args.threads) as plan:
+                    echo(plan.describe())
+                    status = train_all(names, scale, args, out_dir, seeds)
         except KeyboardInterrupt:
             echo(
                 "\ninterrupted; run the same command again to continue (finished experiments "

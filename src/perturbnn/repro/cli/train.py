@@ -66,6 +66,7 @@ from perturbnn.repro.outdir import OutDirError, check_out_dir
 from perturbnn.repro.run import PreparedRun, prepare_run
 from perturbnn.repro.runtime import log_to_stdout, threads_for_run
 from perturbnn.repro.signals import TrainingInterrupted
+from perturbnn.repro.thread_record import ThreadSchedule, replay_schedule
 
 __all__ = ["build_parser", "main", "resolve_config"]
 
@@ -221,7 +222,7 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
     add("--resume", default=None, metavar="PATH", help="continue from this checkpoint")
     add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     add("--num-workers", type=int, default=defaults.num_workers, help="data loader workers")
-    add_threads_flag(add)
+    add_threads_flag(parser, default=argparse.SUPPRESS if suppress_defaults else None)
     add("--no-progress", default=False, action="store_true", help="no progress bars")
     add(
         "--sync-bn",
@@ -270,7 +271,8 @@ def resolve_config(argv: Optional[Sequence[str]]) -> RunConfig:
     args = vars(build_parser().parse_args(argv))
     explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
     explicit.pop("list_experiments", None)
-    explicit.pop("threads", None)  # a setting of this process, not of the run
+    explicit.pop("threads", None)  # settings of this process, not of the run
+    explicit.pop("threads_from", None)
     if explicit.pop("no_progress", False):
         explicit["progress"] = False
 
@@ -322,6 +324,15 @@ def print_result(summary: FitSummary, config: RunConfig) -> None:
         echo(f"  {label:<{width}}  {value}")
     if config.train_subset is not None or config.test_subset is not None:
         echo("  (subsets of the data were used: not comparable with the seed's figures)")
+    threads = summary.metadata.get("threads")
+    if threads is not None and summary.device == "cpu":
+        schedule = ThreadSchedule.from_dict(threads)
+        how = (
+            f"replayed from {schedule.replayed_from}"
+            if schedule.replayed_from is not None
+            else f"recorded; --threads-from {summary.out_dir} repeats this run exactly"
+        )
+        echo(f"thread counts: {schedule.describe()} ({how})")
     echo(f"files in {summary.out_dir}")
 
 
@@ -390,6 +401,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     created: Optional[Path] = None  # an output folder this run made, removed if left empty
     try:  # check everything (options, out-dir, data, model, checkpoint) before printing
         config = resolve_config(argv)
+        replay: Optional[ThreadSchedule] = None
+        if args.threads_from is not None:
+            replay = replay_schedule(args.threads_from, config.to_dict(), ignore=MACHINE_FIELDS)
         if config.out_dir is not None:
             created = _first_missing(Path(config.out_dir))
             check_out_dir(config.out_dir)  # unwritable: fail before loading anything
@@ -415,7 +429,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     print_run(run)
     threads = contextlib.ExitStack()
     if run.device.type == "cpu":
-        echo(threads.enter_context(threads_for_run(args.threads)).describe())
+        echo(threads.enter_context(threads_for_run(args.threads, replay=replay)).describe())
     try:
         with threads:
             summary = run.fit(logger=logging.getLogger("perturbnn.repro.fit"))
