@@ -60,13 +60,8 @@ from torch import nn
 
 from perturbnn import build_model
 from perturbnn.functional import perturb_conv2d
-from perturbnn.repro.runtime import (
-    ContentionGuard,
-    _read_proc_stat,
-    available_cpus,
-    describe_wait_policy,
-    runtime_environment,
-)
+from perturbnn.repro.openmp import describe_wait_policy, runtime_environment
+from perturbnn.repro.runtime import ContentionGuard, _read_proc_stat, available_cpus
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import pytest
 import torch
 
-from perturbnn.repro import runtime
+from perturbnn.repro import openmp, runtime
 from perturbnn.repro.cli import demo as demo_cli
 from perturbnn.repro.cli import reproduce as reproduce_cli
 from perturbnn.repro.cli import train as train_cli
@@ -344,8 +344,8 @@ def test_train_prints_the_thread_choice_once(
         command, capture_output=True, text=True, env=full_env, timeout=300, cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    if runtime.uses_libgomp():  # the program restarted itself with a lower spin count
-        line += f"; GOMP_SPINCOUNT={runtime.SPINCOUNT} (set by the command line)"
+    if openmp.uses_libgomp():  # the program restarted itself with a lower spin count
+        line += f"; GOMP_SPINCOUNT={openmp.SPINCOUNT} (set by the command line)"
     assert [x for x in proc.stdout.splitlines() if x.startswith("threads:")] == [line]
 
 
@@ -387,9 +387,9 @@ def test_training_and_test_loops_consult_the_guard(monkeypatch: pytest.MonkeyPat
 
 
 def test_runtime_environment_lowers_the_spin_count_where_libgomp_runs() -> None:
-    extra = runtime.runtime_environment({}, libgomp=True)
-    assert extra == {"GOMP_SPINCOUNT": str(runtime.SPINCOUNT), runtime.RUNTIME_ENV_MARKER: "1"}
-    assert 0 < runtime.SPINCOUNT < 300_000  # below libgomp's default, not a passive wait
+    extra = openmp.runtime_environment({}, libgomp=True)
+    assert extra == {"GOMP_SPINCOUNT": str(openmp.SPINCOUNT), openmp.RUNTIME_ENV_MARKER: "1"}
+    assert 0 < openmp.SPINCOUNT < 300_000  # below libgomp's default, not a passive wait
 
 
 @pytest.mark.parametrize(
@@ -398,37 +398,37 @@ def test_runtime_environment_lowers_the_spin_count_where_libgomp_runs() -> None:
         {"GOMP_SPINCOUNT": "5"},  # the user's own: theirs wins
         {"OMP_WAIT_POLICY": "PASSIVE"},
         {"OMP_WAIT_POLICY": "active"},
-        {runtime.RUNTIME_ENV_MARKER: "1"},  # already applied: no second restart
+        {openmp.RUNTIME_ENV_MARKER: "1"},  # already applied: no second restart
     ],
 )
 def test_runtime_environment_leaves_the_users_choice(environ: dict[str, str]) -> None:
-    assert runtime.runtime_environment(environ, libgomp=True) == {}
+    assert openmp.runtime_environment(environ, libgomp=True) == {}
 
 
 def test_runtime_environment_needs_libgomp(tmp_path: Path) -> None:
-    assert runtime.runtime_environment({}, libgomp=False) == {}
+    assert openmp.runtime_environment({}, libgomp=False) == {}
     maps = tmp_path / "maps"
     maps.write_text("7f00-7f01 r-xp 0 00:00 0 /usr/lib/libgomp-a34b3233.so.1\n")
-    assert runtime.uses_libgomp(str(maps))
+    assert openmp.uses_libgomp(str(maps))
     maps.write_text("7f00-7f01 r-xp 0 00:00 0 /usr/lib/libiomp5.so\n")
-    assert not runtime.uses_libgomp(str(maps))
-    assert not runtime.uses_libgomp(str(tmp_path / "missing"))
+    assert not openmp.uses_libgomp(str(maps))
+    assert not openmp.uses_libgomp(str(tmp_path / "missing"))
 
 
 def test_threads_line_says_how_threads_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     plan = runtime.ThreadPlan(2, "available", 2, adaptive=True)
-    for var in (*runtime.WAIT_ENV_VARS, runtime.RUNTIME_ENV_MARKER):
+    for var in (*openmp.WAIT_ENV_VARS, openmp.RUNTIME_ENV_MARKER):
         monkeypatch.delenv(var, raising=False)
     assert "SPINCOUNT" not in plan.describe()
-    monkeypatch.setenv("GOMP_SPINCOUNT", str(runtime.SPINCOUNT))
-    monkeypatch.setenv(runtime.RUNTIME_ENV_MARKER, "1")
+    monkeypatch.setenv("GOMP_SPINCOUNT", str(openmp.SPINCOUNT))
+    monkeypatch.setenv(openmp.RUNTIME_ENV_MARKER, "1")
     assert plan.describe().endswith(
-        f"; GOMP_SPINCOUNT={runtime.SPINCOUNT} (set by the command line)"
+        f"; GOMP_SPINCOUNT={openmp.SPINCOUNT} (set by the command line)"
     )
-    monkeypatch.delenv(runtime.RUNTIME_ENV_MARKER)
+    monkeypatch.delenv(openmp.RUNTIME_ENV_MARKER)
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     assert plan.describe().endswith(
-        f"; GOMP_SPINCOUNT={runtime.SPINCOUNT}, OMP_WAIT_POLICY=PASSIVE"
+        f"; GOMP_SPINCOUNT={openmp.SPINCOUNT}, OMP_WAIT_POLICY=PASSIVE"
     )
 
 

@@ -24,26 +24,22 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
+from perturbnn.repro.openmp import describe_wait_policy
+
 __all__ = [
-    "RUNTIME_ENV_MARKER",
-    "SPINCOUNT",
     "THREAD_ENV_VARS",
-    "WAIT_ENV_VARS",
     "ContentionGuard",
     "ThreadPlan",
     "adapt_threads",
     "available_cpus",
     "cgroup_cpu_quota",
-    "describe_wait_policy",
     "check_threads",
     "choose_threads",
     "configure_threads",
     "log_to_stdout",
     "resolve_device",
-    "runtime_environment",
     "set_seed",
     "threads_for_run",
-    "uses_libgomp",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -131,61 +127,6 @@ def _device_of(device: DeviceLike) -> torch.device:
 #: Environment variables through which a user fixes the number of threads (torch reads them).
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
-#: How long (busy-wait rounds) an idle OpenMP thread of GNU OpenMP spins before it sleeps, as
-#: the command line sets it: a third of libgomp's default (300,000). See
-#: :func:`runtime_environment` and docs/performance.md, "Sharing the CPU".
-SPINCOUNT = 100_000
-
-#: Environment variables of GNU OpenMP's waiting that, set by the user, leave it alone.
-WAIT_ENV_VARS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
-
-#: Set in the environment of the command line once it has applied :func:`runtime_environment`.
-RUNTIME_ENV_MARKER = "PERTURBNN_REPRO_RUNTIME"
-
-
-def uses_libgomp(maps: str = "/proc/self/maps") -> bool:
-    """Whether GNU OpenMP (``libgomp``, which torch's Linux wheels use) is loaded in this process."""
-    text = _read_text(maps)
-    return text is not None and "libgomp" in text
-
-
-def runtime_environment(
-    environ: Optional[Mapping[str, str]] = None, *, libgomp: Optional[bool] = None
-) -> dict[str, str]:
-    """The variables the command line adds to its environment before torch is loaded.
-
-    GNU OpenMP lets a thread that waits at the end of a parallel region spin for
-    ``GOMP_SPINCOUNT`` rounds (300,000 by default) before it sleeps; beside another busy process
-    that spinning takes the core the late thread needs (docs/performance.md, "Sharing the CPU").
-    The command line lowers it to :data:`SPINCOUNT`, which costs nothing measurable on a quiet
-    machine. libgomp reads it only when it is loaded, with torch, so the command line starts
-    itself again with it (:func:`perturbnn.repro.cli.main`). Nothing is added when the user set
-    ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` (theirs wins), when it was already applied
-    (:data:`RUNTIME_ENV_MARKER`), or when libgomp is not in use (macOS, Windows, other builds).
-
-    Args:
-        environ: the environment (default: ``os.environ``).
-        libgomp: whether libgomp is loaded (default: :func:`uses_libgomp`).
-
-    Returns:
-        dict[str, str]: the variables to add; empty when there is nothing to do.
-    """
-    env = os.environ if environ is None else environ
-    if RUNTIME_ENV_MARKER in env or any(var in env for var in WAIT_ENV_VARS):
-        return {}
-    if not (uses_libgomp() if libgomp is None else libgomp):
-        return {}
-    return {"GOMP_SPINCOUNT": str(SPINCOUNT), RUNTIME_ENV_MARKER: "1"}
-
-
-def describe_wait_policy(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
-    """How OpenMP threads wait in this process, for the ``threads:`` line (``None``: defaults)."""
-    env = os.environ if environ is None else environ
-    spin = env.get("GOMP_SPINCOUNT")
-    if spin is not None and RUNTIME_ENV_MARKER in env and spin == str(SPINCOUNT):
-        return f"GOMP_SPINCOUNT={spin} (set by the command line)"
-    given = [f"{var}={env[var]}" for var in WAIT_ENV_VARS if var in env]
-    return ", ".join(given) if given else None
 
 _CGROUP_V2_MAX = "/sys/fs/cgroup/cpu.max"
 _CGROUP_V1_QUOTA = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
@@ -314,7 +255,7 @@ class ThreadPlan:
         line = f"threads: {self.threads} ({what})"
         if self.adaptive and self.threads > 1:
             line += "; fewer while other processes keep the CPUs busy"
-        wait = describe_wait_policy()
+        wait = describe_wait_policy()  # the command line's GOMP_SPINCOUNT, or the user's
         return line if wait is None else f"{line}; {wait}"
 
 

@@ -23,7 +23,7 @@ from typing import Optional
 
 from perturbnn.repro.cli import demo, reproduce, train
 from perturbnn.repro.cli.output import echo
-from perturbnn.repro.runtime import runtime_environment
+from perturbnn.repro.openmp import runtime_environment
 
 __all__ = ["main"]
 
