@@ -11,15 +11,12 @@ timed in one process:
 - **busy**: beside one competing process that the script starts and stops itself: 2 torch
   threads doing 512x512 matrix products in a loop, with torch's defaults (a "user's other job").
 
-Each row runs in two modes, each in a worker process of its own (libgomp reads its settings
-when torch loads), alternated round by round so that a change of load hits both:
+Each row runs in two thread modes, interleaved step by step so that a change of load hits both:
 
-- ``fixed``: torch's default thread count, fixed, in this environment (what a script of your own
-  gets);
-- ``harness``: what ``perturbnn-repro`` does: its environment
-  (:func:`perturbnn.repro.runtime.runtime_environment`: ``GOMP_SPINCOUNT``), the same count,
-  lowered by the :class:`~perturbnn.repro.runtime.ContentionGuard` while other processes keep
-  the CPUs busy (the guard decides between steps as the training loop does).
+- ``fixed``: torch's default thread count, fixed (what a script of your own gets);
+- ``harness``: what ``perturbnn-repro`` does (:func:`perturbnn.repro.runtime.configure_threads`:
+  the same count, lowered by the :class:`~perturbnn.repro.runtime.ContentionGuard` while other
+  processes keep the CPUs busy; the guard decides between steps as the training loop does).
 
 The table gives medians and the busy/quiet ratio (an even share of 2 cores with a 2-thread
 competitor is 2x). It then times the README's main job (``python -m perturbnn.repro``, the
@@ -60,7 +57,6 @@ from torch import nn
 
 from perturbnn import build_model
 from perturbnn.functional import perturb_conv2d
-from perturbnn.repro.openmp import describe_wait_policy, runtime_environment
 from perturbnn.repro.runtime import ContentionGuard, _read_proc_stat, available_cpus
 
 HERE = Path(__file__).resolve().parent
@@ -85,7 +81,7 @@ MODES = ("fixed", "harness")
 class Row:
     name: str
     step: Callable[[], None]
-    times: dict[str, list[float]] = field(default_factory=dict)  # phase -> seconds
+    times: dict[str, list[float]] = field(default_factory=dict)  # "quiet/fixed" -> seconds
     spent: dict[str, float] = field(default_factory=dict)
 
 
@@ -206,94 +202,32 @@ def train_rows(data_dir: Path) -> list[Row]:
     return rows
 
 
-class Worker:
-    """One mode's steps in a process of its own, driven round by round over a pipe.
+def run_phase(
+    phase: str, rows: list[Row], repeats: int, cap: float, threads: int, guard: ContentionGuard
+) -> None:
+    """``repeats`` rounds; in each, every row runs one step per mode, in turn.
 
-    The modes need processes of their own because the harness's runtime setting
-    (``GOMP_SPINCOUNT``, :func:`perturbnn.repro.runtime.runtime_environment`) is read by libgomp
-    only when torch loads. The parent alternates the two workers round by round, so that a
-    change of load still hits both modes alike.
+    A row stops early (after at least 3 steps per mode) once its steps in this phase took
+    ``cap`` seconds.
     """
-
-    def __init__(self, mode: str, args: argparse.Namespace) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        if mode == "harness":
-            env.update(runtime_environment())
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker", mode]
-        command += ["--data-dir", str(args.data_dir), "--cap", str(args.cap)]
-        self.mode = mode
-        self.proc = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-        )
-        self.header = self._read()  # after its first steps (compilation)
-
-    def _read(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"the {self.mode} worker stopped (exit {self.proc.wait()})")
-        return line.strip()
-
-    def ask(self, command: str) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
-def worker(mode: str, data_dir: Path, cap: float) -> None:
-    """The worker process: rows built and compiled, then one round per ``round PHASE`` line.
-
-    ``fixed`` keeps torch's default count; ``harness`` lowers it by a
-    :class:`~perturbnn.repro.runtime.ContentionGuard` between steps as the training loop does
-    (and runs with the harness's environment, set by the parent). ``report`` prints every step's
-    time as JSON and ends the worker. A row stops early in a phase (after 3 steps) once its
-    steps in that phase took ``cap`` seconds.
-    """
-    threads = torch.get_num_threads()
-    rows = layer_rows() + train_rows(data_dir)
-    for row in rows:  # first steps (torch.compile compiles there, once per thread count)
-        for count in sorted({1, threads}) if mode == "harness" else [threads]:
-            torch.set_num_threads(count)
-            row.step()
-            row.step()
-    torch.set_num_threads(threads)
-    guard = ContentionGuard(threads, interval=1.0)
-    wait = describe_wait_policy() or "libgomp's defaults"
-    print(json.dumps({"threads": threads, "wait": wait}), flush=True)
-    rounds: dict[str, int] = {}
-    for line in sys.stdin:
-        command, _, phase = line.strip().partition(" ")
-        if command == "report":
-            print(json.dumps({row.name: row.times for row in rows}), flush=True)
-            return
-        done = rounds[phase] = rounds.get(phase, 0) + 1
+    for round_ in range(repeats):
         for row in rows:
-            times = row.times.setdefault(phase, [])
-            if done > 3 and row.spent.get(phase, 0.0) > cap:
-                continue
-            if mode == "harness":
-                torch.set_num_threads(guard.threads)
-                guard.poll()
-            start = time.perf_counter()
-            row.step()
-            took = time.perf_counter() - start
-            times.append(took)
-            row.spent[phase] = row.spent.get(phase, 0.0) + took
-        print("ok", flush=True)
-
-
-def run_phase(phase: str, workers: dict[str, Worker], repeats: int) -> None:
-    """``repeats`` rounds; in each, every mode's worker runs every row once, in turn."""
-    for _ in range(repeats):
-        for mode in MODES:
-            if workers[mode].ask(f"round {phase}") != "ok":
-                raise SystemExit(f"the {mode} worker failed")
+            for mode in MODES:
+                key = f"{phase}/{mode}"
+                times = row.times.setdefault(key, [])
+                if round_ >= 3 and row.spent.get(key, 0.0) > cap:
+                    continue
+                if mode == "fixed":
+                    torch.set_num_threads(threads)
+                else:
+                    torch.set_num_threads(guard.threads)
+                    guard.poll()
+                start = time.perf_counter()
+                row.step()
+                took = time.perf_counter() - start
+                times.append(took)
+                row.spent[key] = row.spent.get(key, 0.0) + took
+    torch.set_num_threads(threads)
 
 
 def main_job(
@@ -347,11 +281,7 @@ def main() -> None:
     )
     parser.add_argument("--skip-steps", action="store_true", help="only the README main job")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args()
-    if args.worker is not None:
-        worker(args.worker, args.data_dir, args.cap)
-        return
     # SIGTERM unwinds like Ctrl-C, so that the competing process and the main job are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
@@ -375,46 +305,48 @@ def main() -> None:
         "repeats": args.repeats,
     }
     if not args.skip_steps:
-        workers: dict[str, Worker] = {}
-        try:
-            for mode in MODES:  # one at a time: each compiles its kernels first
-                workers[mode] = Worker(mode, args)
-                print(f"{mode} worker: {workers[mode].header}", flush=True)
-            results["workers"] = {mode: json.loads(w.header) for mode, w in workers.items()}
-            results["quiet_others_cpu"] = check_quiet("before the quiet phase")
-            watch = ContentionGuard(threads, interval=0.0)  # only its others() is used
-            began = time.perf_counter()
+        rows = layer_rows() + train_rows(args.data_dir)
+        for row in rows:  # first steps (torch.compile compiles there, once per thread count)
+            for count in sorted({1, threads}):
+                torch.set_num_threads(count)
+                row.step()
+                row.step()
+        torch.set_num_threads(threads)
+        guard = ContentionGuard(threads, interval=1.0)
+        results["quiet_others_cpu"] = check_quiet("before the quiet phase")
+        watch = ContentionGuard(threads, interval=0.0)  # only its others() is used
+        began = time.perf_counter()
+        watch.others()
+        run_phase("quiet", rows, args.repeats, args.cap, threads, guard)
+        during = watch.others()
+        results["quiet_phase_others_cpu"] = during
+        print(
+            f"quiet phase: {time.perf_counter() - began:.0f} s; other processes used "
+            f"{during if during is None else round(during, 2)} CPUs meanwhile"
+        )
+        began = time.perf_counter()
+        with Competitor():
             watch.others()
-            run_phase("quiet", workers, args.repeats)
+            run_phase("busy", rows, args.repeats, args.cap, threads, guard)
             during = watch.others()
-            results["quiet_phase_others_cpu"] = during
-            print(
-                f"quiet phase: {time.perf_counter() - began:.0f} s; other processes (the "
-                f"workers included) used {during if during is None else round(during, 2)} CPUs"
-            )
-            began = time.perf_counter()
-            with Competitor():
-                run_phase("busy", workers, args.repeats)
-            print(f"busy phase: {time.perf_counter() - began:.0f} s")
-            measured = {mode: json.loads(w.ask("report")) for mode, w in workers.items()}
-        finally:
-            for w in workers.values():
-                w.close()
-        names = list(measured["fixed"])
+        results["busy_phase_others_cpu"] = during
+        print(
+            f"busy phase: {time.perf_counter() - began:.0f} s; other processes (the competitor "
+            f"included) used {during if during is None else round(during, 2)} CPUs meanwhile"
+        )
+
         print(
             "\n| step | mode | quiet (s) | busy (s) | busy / quiet | harness quiet / fixed quiet |"
         )
         print("|---|---|---:|---:|---:|---:|")
         table = []
-        for name in names:
+        for row in rows:
             for mode in MODES:
-                quiet, busy = measured[mode][name]["quiet"], measured[mode][name]["busy"]
-                vs_fixed = statistics.median(quiet) / statistics.median(
-                    measured["fixed"][name]["quiet"]
-                )
+                quiet, busy = row.times[f"quiet/{mode}"], row.times[f"busy/{mode}"]
+                vs_fixed = statistics.median(quiet) / statistics.median(row.times["quiet/fixed"])
                 table.append(
                     {
-                        "step": name,
+                        "step": row.name,
                         "mode": mode,
                         "quiet_s": quiet,
                         "busy_s": busy,
@@ -425,7 +357,7 @@ def main() -> None:
                     }
                 )
                 print(
-                    f"| {name} | {mode} | {statistics.median(quiet):.4f} | "
+                    f"| {row.name} | {mode} | {statistics.median(quiet):.4f} | "
                     f"{statistics.median(busy):.4f} | {ratio(busy, quiet):.1f}x | "
                     f"{'-' if mode == 'fixed' else f'{vs_fixed:.2f}'} |"
                 )

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import pytest
 import torch
 
-from perturbnn.repro import openmp, runtime
+from perturbnn.repro import runtime
 from perturbnn.repro.cli import demo as demo_cli
 from perturbnn.repro.cli import reproduce as reproduce_cli
 from perturbnn.repro.cli import train as train_cli
@@ -344,8 +344,6 @@ def test_train_prints_the_thread_choice_once(
         command, capture_output=True, text=True, env=full_env, timeout=300, cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    if openmp.uses_libgomp():  # the program restarted itself with a lower spin count
-        line += f"; GOMP_SPINCOUNT={openmp.SPINCOUNT} (set by the command line)"
     assert [x for x in proc.stdout.splitlines() if x.startswith("threads:")] == [line]
 
 
@@ -381,79 +379,3 @@ def test_training_and_test_loops_consult_the_guard(monkeypatch: pytest.MonkeyPat
     assert CountingGuard.polls == 3
     evaluate(model, DataLoader(data, batch_size=6), device="cpu")
     assert CountingGuard.polls == 5
-
-
-# ------------------------------------------------------------------ OpenMP's waiting (libgomp)
-
-
-def test_runtime_environment_lowers_the_spin_count_where_libgomp_runs() -> None:
-    extra = openmp.runtime_environment({}, libgomp=True)
-    assert extra == {"GOMP_SPINCOUNT": str(openmp.SPINCOUNT), openmp.RUNTIME_ENV_MARKER: "1"}
-    assert 0 < openmp.SPINCOUNT < 300_000  # below libgomp's default, not a passive wait
-
-
-@pytest.mark.parametrize(
-    "environ",
-    [
-        {"GOMP_SPINCOUNT": "5"},  # the user's own: theirs wins
-        {"OMP_WAIT_POLICY": "PASSIVE"},
-        {"OMP_WAIT_POLICY": "active"},
-        {openmp.RUNTIME_ENV_MARKER: "1"},  # already applied: no second restart
-    ],
-)
-def test_runtime_environment_leaves_the_users_choice(environ: dict[str, str]) -> None:
-    assert openmp.runtime_environment(environ, libgomp=True) == {}
-
-
-def test_runtime_environment_needs_libgomp(tmp_path: Path) -> None:
-    assert openmp.runtime_environment({}, libgomp=False) == {}
-    maps = tmp_path / "maps"
-    maps.write_text("7f00-7f01 r-xp 0 00:00 0 /usr/lib/libgomp-a34b3233.so.1\n")
-    assert openmp.uses_libgomp(str(maps))
-    maps.write_text("7f00-7f01 r-xp 0 00:00 0 /usr/lib/libiomp5.so\n")
-    assert not openmp.uses_libgomp(str(maps))
-    assert not openmp.uses_libgomp(str(tmp_path / "missing"))
-
-
-def test_threads_line_says_how_threads_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    plan = runtime.ThreadPlan(2, "available", 2, adaptive=True)
-    for var in (*openmp.WAIT_ENV_VARS, openmp.RUNTIME_ENV_MARKER):
-        monkeypatch.delenv(var, raising=False)
-    assert "SPINCOUNT" not in plan.describe()
-    monkeypatch.setenv("GOMP_SPINCOUNT", str(openmp.SPINCOUNT))
-    monkeypatch.setenv(openmp.RUNTIME_ENV_MARKER, "1")
-    assert plan.describe().endswith(
-        f"; GOMP_SPINCOUNT={openmp.SPINCOUNT} (set by the command line)"
-    )
-    monkeypatch.delenv(openmp.RUNTIME_ENV_MARKER)
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    assert plan.describe().endswith(
-        f"; GOMP_SPINCOUNT={openmp.SPINCOUNT}, OMP_WAIT_POLICY=PASSIVE"
-    )
-
-
-def test_command_line_restarts_itself_with_the_runtime_environment(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from perturbnn.repro import cli
-
-    calls: list[tuple[str, list[str], dict[str, str]]] = []
-
-    def fake_execve(path: str, args: list[str], env: dict[str, str]) -> None:
-        calls.append((path, list(args), dict(env)))
-        raise SystemExit(0)  # execve does not return
-
-    monkeypatch.setattr(cli.os, "execve", fake_execve)
-    monkeypatch.setattr(cli, "runtime_environment", lambda: {"GOMP_SPINCOUNT": "7", "M": "1"})
-    monkeypatch.setattr(sys, "argv", ["perturbnn-repro", "demo", "--epochs", "1"])
-    with pytest.raises(SystemExit):
-        cli.main()
-    assert len(calls) == 1
-    path, args, env = calls[0]
-    assert path == sys.executable
-    assert args == [sys.executable, "-m", "perturbnn.repro", "demo", "--epochs", "1"]
-    assert (env["GOMP_SPINCOUNT"], env["M"]) == ("7", "1")
-    calls.clear()
-    assert cli.main(["--help"]) == 0  # called from Python with arguments: never restarts
-    assert calls == []
-

@@ -25,7 +25,6 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from perturbnn.repro.openmp import describe_wait_policy
 from perturbnn.repro.thread_record import ThreadRecorder, ThreadSchedule
 
 __all__ = [
@@ -47,6 +46,7 @@ __all__ = [
 ]
 
 _LOGGER = logging.getLogger(__name__)
+
 
 PathLike = Union[str, "os.PathLike[str]"]
 DeviceLike = Union[str, torch.device]
@@ -264,7 +264,7 @@ class ThreadPlan:
         line = f"threads: {self.threads} ({what})"
         if self.adaptive and self.threads > 1:
             line += "; fewer while other processes keep the CPUs busy"
-        return "; ".join([line, *filter(None, [describe_wait_policy()])])  # + GOMP_SPINCOUNT
+        return line
 
 
 def check_threads(threads: object, *, name: str = "threads") -> int:

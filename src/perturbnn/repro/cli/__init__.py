@@ -16,14 +16,12 @@ Three commands:
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from typing import Optional
 
 from perturbnn.repro.cli import demo, reproduce, train
 from perturbnn.repro.cli.output import echo
-from perturbnn.repro.openmp import runtime_environment
 
 __all__ = ["main"]
 
@@ -44,32 +42,12 @@ exists).
   {PROG} train --help         the train command's flags"""
 
 
-def _restart_with_runtime_environment() -> None:
-    """Start this command again with :func:`~perturbnn.repro.runtime.runtime_environment`.
-
-    libgomp reads ``GOMP_SPINCOUNT`` when torch loads it, which has happened by the time this
-    code runs, so the process replaces itself (``os.execve``, same arguments, as
-    ``python -m perturbnn.repro``); the second start finds the variables set and goes on. It
-    costs one more ``import torch`` (about a second). Nothing happens where the user set the
-    variables, or libgomp is not in use.
-    """
-    extra = runtime_environment()
-    if not extra:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    command = [sys.executable, "-m", "perturbnn.repro", *sys.argv[1:]]
-    os.execve(sys.executable, command, {**os.environ, **extra})
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``perturbnn-repro``; return the exit status.
 
     Args:
         argv: the arguments without the program name (default: ``sys.argv[1:]``).
     """
-    if argv is None:  # a program (not a call from Python): set OpenMP's waiting, then run
-        _restart_with_runtime_environment()
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
         echo(_USAGE)
