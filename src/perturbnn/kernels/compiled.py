@@ -114,7 +114,7 @@ def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _fresh_copy(key: int, fn: Callable[..., Any] = _fused) -> Callable[..., Any]:
-    """A copy of :func:`_fused` with its own code object.
+    """A copy of ``fn`` (:func:`_fused` or :func:`_fused_prelu_parts`) with its own code object.
 
     ``torch.compile`` keeps its compiled graphs per code object, up to a small recompile limit
     (8), after which it silently runs the Python function uncompiled, which here would build
