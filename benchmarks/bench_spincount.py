@@ -27,6 +27,7 @@ Not part of the test run: it prints a table and checks nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -38,6 +39,9 @@ from pathlib import Path
 from typing import Optional
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_contention import Competitor  # noqa: E402  (the same competing process)
+
 CLEAN = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -45,7 +49,6 @@ def worker(threads: int, data_dir: Path, repeats: int, cap: float) -> None:
     """Build and warm the rows, then on each ``PHASE`` line on stdin time one phase as JSON."""
     import torch
 
-    sys.path.insert(0, str(HERE))
     from bench_contention import layer_rows, train_rows
 
     torch.set_num_threads(threads)
@@ -69,20 +72,6 @@ def worker(threads: int, data_dir: Path, repeats: int, cap: float) -> None:
         print(json.dumps({"phase": line.strip(), "times": times}), flush=True)
 
 
-def competitor() -> subprocess.Popen[str]:
-    code = (
-        "import torch\ntorch.set_num_threads(2)\na, b = torch.randn(512, 512), "
-        "torch.randn(512, 512)\nprint('ready', flush=True)\nwhile True:\n    torch.mm(a, b)\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN}
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        raise SystemExit("the competing process did not start")
-    time.sleep(1.0)
-    return proc
-
-
 def visit(spin: Optional[int], threads: int, args: argparse.Namespace) -> dict[str, object]:
     """One worker with this setting: quiet phase, then busy phase; medians per row."""
     env = {k: v for k, v in os.environ.items() if k not in CLEAN}
@@ -101,15 +90,10 @@ def visit(spin: Optional[int], threads: int, args: argparse.Namespace) -> dict[s
             raise SystemExit(f"the worker for {spin}:{threads} failed (exit {proc.wait()})")
         medians: dict[str, dict[str, float]] = {}
         for phase in ("quiet", "busy"):
-            rival = competitor() if phase == "busy" else None
-            try:
+            with Competitor() if phase == "busy" else contextlib.nullcontext():
                 proc.stdin.write(phase + "\n")
                 proc.stdin.flush()
                 answer = json.loads(proc.stdout.readline())
-            finally:
-                if rival is not None:
-                    rival.terminate()
-                    rival.wait(timeout=30)
             medians[phase] = {k: statistics.median(v) for k, v in answer["times"].items()}
         return medians
     finally:
