@@ -4,29 +4,41 @@ For each ``impl`` (``grouped``, ``eager``, ``compiled``), with and without an ac
 one PNN layer forward+backward (B=16, C=O=128, nmasks=64, 32x32, shared masks: the ``large``
 case of ``bench_layers.py``), and a ``perturb_resnet18`` training step (the ``bench_train.py``
 configuration: width 16, nmasks 16, shared masks, first_filter_size 3, batch 32 of CIFAR-10),
-timed in one process:
+timed in one process, in three phases:
 
 - **quiet**: nothing else started (the script prints the CPU that other processes used just
   before, and warns when it is more than a tenth of a CPU);
 - **busy**: beside one competing process that the script starts and stops itself: 2 torch
-  threads doing 512x512 matrix products in a loop, with torch's defaults (a "user's other job").
+  threads doing 512x512 matrix products in a loop, with torch's defaults (a "user's other job"),
+  in this script's session, as ``python a.py & python b.py`` from one shell starts them;
+- **apart**: the same competitor started in its own session (``setsid``), as a job started
+  from another terminal or tmux window is. Where Linux groups processes by session
+  (``/proc/sys/kernel/sched_autogroup_enabled`` is 1, outside a CPU cgroup) each session gets
+  an even share of the CPU, whatever its thread count; in one session, each thread does.
 
-Each row runs in two thread modes, interleaved step by step so that a change of load hits both:
+Each sample is a run of consecutive steps of at least ``--sample`` seconds (as a training loop
+runs them), reported per step: one step of a few milliseconds would measure where the
+scheduler's time slices happen to fall, not the share of the CPU the process gets. Each row
+runs in two thread modes, interleaved sample by sample so that a change of load hits both:
 
 - ``fixed``: torch's default thread count, fixed (what a script of your own gets);
 - ``harness``: what ``perturbnn-repro`` does (:func:`perturbnn.repro.runtime.configure_threads`:
   the same count, lowered by the :class:`~perturbnn.repro.runtime.ContentionGuard` while other
-  processes keep the CPUs busy; the guard decides between steps as the training loop does).
+  processes keep the CPUs busy; the guard is asked before every step, as the training loop
+  does, and decides once a second);
+- ``one``: one thread throughout: how much faster the step is on all threads when quiet, and
+  what share of a core one thread gets beside the competitor (the guard's choice when busy).
 
-The table gives medians and the busy/quiet ratio (an even share of 2 cores with a 2-thread
-competitor is 2x). It then times the README's main job (``python -m perturbnn.repro``, the
-demo: about 1.5 minutes on 2 quiet cores) quiet and busy, once with the harness's choice and
-once with ``--threads N`` (fixed, torch's count; ``--main-job harness`` skips this one); a busy
-run still going after ``--main-job-limit`` times its quiet time is stopped and shown as ``>``.
+The table gives medians and the busy/quiet ratios (an even share of 2 cores with one other
+job is 2x). It then times the README's main job (``python -m perturbnn.repro``, the demo: about
+1.5 minutes on 2 quiet cores) quiet and beside the competitor (both sessions), with the
+harness's choice, and quiet and busy with ``--threads N`` (fixed, torch's count; ``--main-job
+harness`` skips these); a busy run still going after ``--main-job-limit`` times its quiet time
+is stopped and shown as ``>``.
 
 Usage::
 
-    python benchmarks/bench_contention.py                   # about 25 minutes on 2 cores
+    python benchmarks/bench_contention.py                   # about 30 minutes on 2 cores
     python benchmarks/bench_contention.py --quick --main-job skip
     python benchmarks/bench_contention.py --json benchmarks/results/contention.json
 
@@ -74,7 +86,8 @@ while True:
 LAYER = {"batch": 16, "channels": 128, "out_channels": 128, "nmasks": 64, "size": 32}
 LAYER_IMPLS = ("grouped", "eager", "compiled")
 TRAIN_IMPLS = ("grouped", "auto", "compiled")
-MODES = ("fixed", "harness")
+MODES = ("fixed", "harness", "one")
+PHASES = ("quiet", "busy", "apart")
 
 
 @dataclass
@@ -128,13 +141,33 @@ def check_quiet(label: str) -> float:
     return -1.0 if used is None else used
 
 
+def autogroup() -> Optional[bool]:
+    """Whether Linux shares the CPU out by session (``sched_autogroup_enabled``), or ``None``."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return None
+
+
 class Competitor:
-    """One other process doing 2-thread matrix products until stopped."""
+    """One other process doing 2-thread matrix products until stopped.
+
+    Args:
+        own_session: start it in a session of its own (``setsid``), like a job started from
+            another terminal, instead of in this script's session.
+    """
+
+    def __init__(self, own_session: bool = False) -> None:
+        self.own_session = own_session
 
     def __enter__(self) -> Competitor:
         env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", COMPETITOR], stdout=subprocess.PIPE, text=True, env=env
+            [sys.executable, "-c", COMPETITOR],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=self.own_session,
         )
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":
@@ -203,12 +236,19 @@ def train_rows(data_dir: Path) -> list[Row]:
 
 
 def run_phase(
-    phase: str, rows: list[Row], repeats: int, cap: float, threads: int, guard: ContentionGuard
+    phase: str,
+    rows: list[Row],
+    repeats: int,
+    cap: float,
+    sample: float,
+    threads: int,
+    guard: ContentionGuard,
 ) -> None:
-    """``repeats`` rounds; in each, every row runs one step per mode, in turn.
+    """``repeats`` rounds; in each, every row takes one sample per mode, in turn.
 
-    A row stops early (after at least 3 steps per mode) once its steps in this phase took
-    ``cap`` seconds.
+    A sample runs consecutive steps until ``sample`` seconds have passed (at least one step)
+    and records the seconds per step. A row stops early (after at least 3 samples per mode)
+    once its samples in this phase took ``cap`` seconds.
     """
     for round_ in range(repeats):
         for row in rows:
@@ -217,31 +257,33 @@ def run_phase(
                 times = row.times.setdefault(key, [])
                 if round_ >= 3 and row.spent.get(key, 0.0) > cap:
                     continue
-                if mode == "fixed":
-                    torch.set_num_threads(threads)
-                else:
-                    torch.set_num_threads(guard.threads)
-                    guard.poll()
-                start = time.perf_counter()
-                row.step()
-                took = time.perf_counter() - start
-                times.append(took)
+                count = {"fixed": threads, "one": 1}.get(mode, guard.threads)
+                torch.set_num_threads(count)
+                steps, start, took = 0, time.perf_counter(), 0.0
+                while steps == 0 or took < sample:
+                    if mode == "harness":
+                        guard.poll()  # as the training loop does before every step
+                    row.step()
+                    steps += 1
+                    took = time.perf_counter() - start
+                times.append(took / steps)
                 row.spent[key] = row.spent.get(key, 0.0) + took
     torch.set_num_threads(threads)
 
 
 def main_job(
-    data_dir: Path, threads: Optional[int], busy: bool, limit: Optional[float]
+    data_dir: Path, threads: Optional[int], phase: str, limit: Optional[float]
 ) -> tuple[float, bool]:
-    """Wall seconds of the README main job (``python -m perturbnn.repro``, the demo), and
-    whether it finished; a run still going after ``limit`` seconds is stopped there."""
+    """Wall seconds of the README main job (``python -m perturbnn.repro``, the demo) in
+    ``phase`` (one of :data:`PHASES`), and whether it finished; a run still going after
+    ``limit`` seconds is stopped there."""
     command = [sys.executable, "-m", "perturbnn.repro", "demo", "--data-dir", str(data_dir)]
     if threads is not None:
         command += ["--threads", str(threads)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     with contextlib.ExitStack() as stack:
-        if busy:
-            stack.enter_context(Competitor())
+        if phase != "quiet":
+            stack.enter_context(Competitor(own_session=phase == "apart"))
         start = time.perf_counter()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         try:
@@ -256,6 +298,13 @@ def main_job(
     return took, True
 
 
+def save(path: Optional[Path], results: dict[str, object]) -> None:
+    """Write ``results`` as JSON to ``path`` (nothing when ``None``)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+
+
 def ratio(busy: list[float], quiet: list[float]) -> float:
     return statistics.median(busy) / statistics.median(quiet)
 
@@ -263,15 +312,19 @@ def ratio(busy: list[float], quiet: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
-    parser.add_argument("--repeats", type=int, default=7, help="rounds per phase")
-    parser.add_argument("--cap", type=float, default=40.0, help="seconds per row and phase")
-    parser.add_argument("--quick", action="store_true", help="3 rounds, 15 s cap per row")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds per phase")
+    parser.add_argument("--cap", type=float, default=25.0, help="seconds per row, mode and phase")
+    parser.add_argument(
+        "--sample", type=float, default=0.5, help="seconds of consecutive steps per sample"
+    )
+    parser.add_argument("--quick", action="store_true", help="3 rounds, 10 s cap per row")
     parser.add_argument(
         "--main-job",
         choices=("both", "harness", "skip"),
         default="both",
-        help="time the README main job (the demo) quiet and busy: with the harness's thread "
-        "choice and with --threads fixed (both), the harness's only, or not at all",
+        help="time the README main job (the demo): with the harness's thread choice quiet, "
+        "busy and apart, and with --threads fixed quiet and busy (both); the harness's only; "
+        "or not at all",
     )
     parser.add_argument(
         "--main-job-limit",
@@ -282,20 +335,27 @@ def main() -> None:
     parser.add_argument("--skip-steps", action="store_true", help="only the README main job")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    for name in ("repeats", "cap", "sample", "main_job_limit"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     # SIGTERM unwinds like Ctrl-C, so that the competing process and the main job are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
-        args.repeats, args.cap = 3, 15.0
+        args.repeats, args.cap = 3, 10.0
     threads = torch.get_num_threads()
+    grouping = autogroup()
     print(
         f"torch {torch.__version__}, {threads} threads (torch's default), "
         f"{available_cpus()} CPUs available, {platform.processor() or platform.machine()}; "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}"
+        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}; "
+        f"CPU shared out by session (sched_autogroup_enabled): "
+        f"{'unknown' if grouping is None else 'yes' if grouping else 'no'}"
     )
     print(
-        f"{args.repeats} interleaved rounds per phase, at most {args.cap:.0f} s per row and phase"
+        f"{args.repeats} interleaved rounds per phase, samples of at least {args.sample:g} s of "
+        f"consecutive steps, at most {args.cap:.0f} s per row, mode and phase"
     )
     results: dict[str, object] = {
         "threads": threads,
@@ -303,6 +363,8 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python", "benchmarks/bench_contention.py", *sys.argv[1:]]),
         "repeats": args.repeats,
+        "sample_s": args.sample,
+        "autogroup": grouping,
     }
     if not args.skip_steps:
         rows = layer_rows() + train_rows(args.data_dir)
@@ -315,34 +377,33 @@ def main() -> None:
         guard = ContentionGuard(threads, interval=1.0)
         results["quiet_others_cpu"] = check_quiet("before the quiet phase")
         watch = ContentionGuard(threads, interval=0.0)  # only its others() is used
-        began = time.perf_counter()
-        watch.others()
-        run_phase("quiet", rows, args.repeats, args.cap, threads, guard)
-        during = watch.others()
-        results["quiet_phase_others_cpu"] = during
-        print(
-            f"quiet phase: {time.perf_counter() - began:.0f} s; other processes used "
-            f"{during if during is None else round(during, 2)} CPUs meanwhile"
-        )
-        began = time.perf_counter()
-        with Competitor():
-            watch.others()
-            run_phase("busy", rows, args.repeats, args.cap, threads, guard)
-            during = watch.others()
-        results["busy_phase_others_cpu"] = during
-        print(
-            f"busy phase: {time.perf_counter() - began:.0f} s; other processes (the competitor "
-            f"included) used {during if during is None else round(during, 2)} CPUs meanwhile"
-        )
+        for phase in PHASES:
+            began = time.perf_counter()
+            with (
+                contextlib.nullcontext()
+                if phase == "quiet"
+                else Competitor(own_session=phase == "apart")
+            ):
+                watch.others()
+                run_phase(phase, rows, args.repeats, args.cap, args.sample, threads, guard)
+                during = watch.others()
+            results[f"{phase}_phase_others_cpu"] = during
+            print(
+                f"{phase} phase: {time.perf_counter() - began:.0f} s; other processes (the "
+                f"competitor included) used {during if during is None else round(during, 2)} "
+                "CPUs meanwhile"
+            )
 
         print(
-            "\n| step | mode | quiet (s) | busy (s) | busy / quiet | harness quiet / fixed quiet |"
+            "\n| step | mode | quiet (s) | busy (s) | busy / quiet | apart (s) | apart / quiet "
+            "| harness quiet / fixed quiet |"
         )
-        print("|---|---|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
         table = []
         for row in rows:
             for mode in MODES:
-                quiet, busy = row.times[f"quiet/{mode}"], row.times[f"busy/{mode}"]
+                quiet = row.times[f"quiet/{mode}"]
+                busy, apart = row.times[f"busy/{mode}"], row.times[f"apart/{mode}"]
                 vs_fixed = statistics.median(quiet) / statistics.median(row.times["quiet/fixed"])
                 table.append(
                     {
@@ -350,41 +411,51 @@ def main() -> None:
                         "mode": mode,
                         "quiet_s": quiet,
                         "busy_s": busy,
+                        "apart_s": apart,
                         "quiet_median_s": statistics.median(quiet),
                         "busy_median_s": statistics.median(busy),
+                        "apart_median_s": statistics.median(apart),
                         "slowdown": ratio(busy, quiet),
+                        "slowdown_apart": ratio(apart, quiet),
                         "quiet_vs_fixed": vs_fixed,
                     }
                 )
                 print(
                     f"| {row.name} | {mode} | {statistics.median(quiet):.4f} | "
                     f"{statistics.median(busy):.4f} | {ratio(busy, quiet):.1f}x | "
-                    f"{'-' if mode == 'fixed' else f'{vs_fixed:.2f}'} |"
+                    f"{statistics.median(apart):.4f} | {ratio(apart, quiet):.1f}x | "
+                    f"{'-' if mode != 'harness' else f'{vs_fixed:.2f}'} |"
                 )
         results["steps"] = table
+        save(args.json, results)  # so far (the main job takes another quarter of an hour)
 
     if args.main_job != "skip":
-        print("\nREADME main job: python -m perturbnn.repro (the demo), quiet then busy")
+        print("\nREADME main job: python -m perturbnn.repro (the demo), quiet, busy, apart")
         check_quiet("before the main job")
         jobs = []
-        modes: list[Optional[int]] = [None] if args.main_job == "harness" else [None, threads]
-        for fixed in modes:
-            quiet, _ = main_job(args.data_dir, fixed, busy=False, limit=None)
-            busy, done = main_job(
-                args.data_dir, fixed, busy=True, limit=args.main_job_limit * quiet
-            )
+        plans: list[tuple[Optional[int], tuple[str, ...]]] = [(None, PHASES)]
+        if args.main_job == "both":
+            plans.append((threads, ("quiet", "busy")))
+        for fixed, phases in plans:
             label = "harness" if fixed is None else f"--threads {fixed}"
-            jobs.append({"mode": label, "quiet_s": quiet, "busy_s": busy, "finished": done})
-            mark = "" if done else ">"
-            print(
-                f"  {label}: quiet {quiet:.0f} s, busy {mark}{busy:.0f} s "
-                f"({mark}{busy / quiet:.1f}x{'' if done else ', stopped'})"
-            )
+            run: dict[str, object] = {"mode": label}
+            quiet_s = 0.0
+            for phase in phases:
+                limit = None if phase == "quiet" else args.main_job_limit * quiet_s
+                took, done = main_job(args.data_dir, fixed, phase, limit)
+                quiet_s = took if phase == "quiet" else quiet_s
+                run[f"{phase}_s"], run[f"{phase}_finished"] = took, done
+                mark = "" if done else ">"
+                print(
+                    f"  {label}, {phase}: {mark}{took:.0f} s"
+                    + ("" if phase == "quiet" else f" ({mark}{took / quiet_s:.1f}x)")
+                    + ("" if done else ", stopped")
+                )
+            jobs.append(run)
         results["main_job"] = {"command": "python -m perturbnn.repro", "runs": jobs}
     results["after_others_cpu"] = check_quiet("at the end")
+    save(args.json, results)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
         print(f"\nwrote {args.json}")
 
 

@@ -203,55 +203,98 @@ def _seconds(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _slowdown(seconds: float, quiet: float, finished: bool = True) -> str:
+    mark = "" if finished else ">"
+    return f"{mark}{seconds:.3g} ({mark}{seconds / quiet:.1f}x)"
+
+
 def contention_tables(result: dict[str, Any], name: str) -> list[str]:
     """The tables of one ``bench_contention.py --json`` result, verdicts computed here."""
+    grouping = {True: "yes", False: "no", None: "unknown"}[result.get("autogroup")]
     lines = [
         f"Source: `benchmarks/results/{name}`: torch {result['torch']}, {result['threads']} "
         f"threads, {result.get('date', 'date not recorded')}; median of "
-        f"{result.get('repeats', '?')} interleaved rounds per phase. Command: "
-        f"`{result.get('command', 'python benchmarks/bench_contention.py')}`. Other processes "
-        f"used {result.get('quiet_phase_others_cpu', float('nan')):.2f} CPUs during the quiet "
-        f"phase and {result.get('busy_phase_others_cpu', float('nan')):.2f} (the competitor "
-        "included) during the busy one.",
+        f"{result.get('repeats', '?')} interleaved rounds per phase, each sample at least "
+        f"{result.get('sample_s', '?')} s of consecutive steps. Command: "
+        f"`{result.get('command', 'python benchmarks/bench_contention.py')}`. CPU shared out by "
+        f"session (`sched_autogroup_enabled`): {grouping}. Other processes used "
+        f"{result.get('quiet_phase_others_cpu', float('nan')):.2f} CPUs during the quiet phase, "
+        f"{result.get('busy_phase_others_cpu', float('nan')):.2f} during the busy one and "
+        f"{result.get('apart_phase_others_cpu', float('nan')):.2f} during the apart one (the "
+        "competitor included).",
         "",
     ]
     steps = result.get("steps", [])
     if steps:
         lines += [
-            "| step | fixed: quiet -> busy (s) | fixed | harness: quiet -> busy (s) | harness "
-            f"| harness <= {MAX_SLOWDOWN:g}x | harness / fixed, quiet |",
-            "|---|---:|---:|---:|---:|---|---:|",
+            "Seconds per step and slowdown against quiet; **busy**: the competitor in the same "
+            "session, **apart**: in a session of its own.",
+            "",
+            "| step | fixed: quiet | busy | apart | harness: quiet | busy | apart "
+            f"| harness <= {MAX_SLOWDOWN:g}x: busy, apart | harness / fixed, quiet |",
+            "|---|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
         by_step: dict[str, dict[str, dict[str, Any]]] = {}
         for row in steps:
             by_step.setdefault(row["step"], {})[row["mode"]] = row
         for step, modes in by_step.items():
             fixed, harness = modes["fixed"], modes["harness"]
-            met = harness["slowdown"] <= MAX_SLOWDOWN
-            quiet = harness["quiet_median_s"] / fixed["quiet_median_s"]
+            verdicts = [
+                "yes" if harness[key] <= MAX_SLOWDOWN else "**no**"
+                for key in ("slowdown", "slowdown_apart")
+            ]
+            cells = []
+            for mode in (fixed, harness):
+                quiet = mode["quiet_median_s"]
+                cells += [
+                    _seconds(quiet),
+                    _slowdown(mode["busy_median_s"], quiet),
+                    _slowdown(mode["apart_median_s"], quiet),
+                ]
+            vs_fixed = harness["quiet_median_s"] / fixed["quiet_median_s"]
             lines.append(
-                f"| {step} | {_seconds(fixed['quiet_median_s'])} -> "
-                f"{_seconds(fixed['busy_median_s'])} | {fixed['slowdown']:.1f}x | "
-                f"{_seconds(harness['quiet_median_s'])} -> {_seconds(harness['busy_median_s'])} | "
-                f"**{harness['slowdown']:.1f}x** | {'yes' if met else '**no**'} | {quiet:.2f} |"
+                f"| {step} | {' | '.join(cells)} | {', '.join(verdicts)} | {vs_fixed:.2f} |"
             )
         lines.append("")
+        ones = {step: modes for step, modes in by_step.items() if "one" in modes}
+        if ones:
+            lines += [
+                f"One thread throughout (the `one` mode): how much slower than {result['threads']} "
+                "threads when quiet, how much slower beside the competitor than alone (in the "
+                "same session; apart), and the product, what one thread costs busy against the "
+                "quiet fixed count:",
+                "",
+                "| step | one / fixed, quiet | one: busy / quiet | apart / quiet "
+                "| one busy / fixed quiet | one apart / fixed quiet |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
+            for step, modes in ones.items():
+                one, fixed_quiet = modes["one"], modes["fixed"]["quiet_median_s"]
+                quiet = one["quiet_median_s"]
+                lines.append(
+                    f"| {step} | {quiet / fixed_quiet:.2f} | {one['slowdown']:.2f} | "
+                    f"{one['slowdown_apart']:.2f} | {one['busy_median_s'] / fixed_quiet:.1f}x | "
+                    f"{one['apart_median_s'] / fixed_quiet:.1f}x |"
+                )
+            lines.append("")
     job = result.get("main_job")
     if job:
         lines += [
-            f"The README main job (`{job.get('command', 'python -m perturbnn.repro')}`), quiet "
-            "and beside the same competitor, one run each:",
+            f"The README main job (`{job.get('command', 'python -m perturbnn.repro')}`), one run "
+            "each, wall seconds (slowdown against quiet):",
             "",
-            "| main job | quiet (s) | busy (s) | busy / quiet |",
+            "| main job | quiet (s) | busy | apart |",
             "|---|---:|---:|---:|",
         ]
         for run in job["runs"]:
-            mark = "" if run.get("finished", True) else ">"
-            stopped = "" if run.get("finished", True) else " (stopped)"
-            lines.append(
-                f"| {run['mode']} | {run['quiet_s']:.0f} | {mark}{run['busy_s']:.0f}{stopped} | "
-                f"{mark}{run['busy_s'] / run['quiet_s']:.1f}x |"
-            )
+            quiet = run["quiet_s"]
+            cells = [
+                _slowdown(run[f"{phase}_s"], quiet, run[f"{phase}_finished"])
+                if f"{phase}_s" in run
+                else "-"
+                for phase in ("busy", "apart")
+            ]
+            lines.append(f"| {run['mode']} | {quiet:.0f} | {' | '.join(cells)} |")
         lines.append("")
     return lines
 
