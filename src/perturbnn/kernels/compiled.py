@@ -12,6 +12,14 @@ it). To bound that, the layer is cut into blocks of whole channel groups (the gr
 independent), each compiled call covering at most :data:`BLOCK_ELEMENTS` perturbed values; the
 blocks are joined by ``split``/``cat``, whose backward passes are one copy each.
 
+The weight enters expanded over the batch (a view, no copy), so that its gradient is a sum over
+one sample's pixels, then a sum of the ``batch`` partial sums. Written as one sum over
+``batch * height * width`` values, inductor's CPU code accumulated it through a summation
+helper in memory at every vector (reductions longer than 4,096 values get one), several times
+slower on one thread than on two: the layer's step on one thread took 2.5 times its two-thread
+time, which a process lowered to one thread beside another job pays (docs/performance.md,
+"Sharing the CPU", the ``one`` rows of ``bench_contention.py``).
+
 A single-slope ``PReLU`` is compiled as two sums, ``pos = sum_m W relu(p)`` and
 ``neg = sum_m W min(p, 0)``, joined outside as ``pos + slope * neg``: the same layer, but the
 slope's gradient becomes a sum over the output instead of one float32 reduction over every
@@ -54,7 +62,8 @@ def _fused(
         batch, channels * nmasks, height, width
     )
     a = activation(perturbed).reshape(batch, channels, 1, nmasks, height * width)
-    out = (a * weight.reshape(1, channels, fanout, nmasks, 1)).sum(3)
+    w = weight.reshape(1, channels, fanout, nmasks, 1).expand(batch, -1, -1, -1, -1)
+    out = (a * w).sum(3)
     out = out.reshape(batch, out_channels, height, width)
     if bias is not None:
         out = out + bias.reshape(1, out_channels, 1, 1)
@@ -83,7 +92,7 @@ def _fused_prelu_parts(
     perturbed = (x.unsqueeze(2) + noise.unsqueeze(0)).reshape(
         batch, channels, 1, nmasks, height * width
     )
-    w = weight.reshape(1, channels, fanout, nmasks, 1)
+    w = weight.reshape(1, channels, fanout, nmasks, 1).expand(batch, -1, -1, -1, -1)
     positive = torch.relu(perturbed)
     negative = perturbed - positive  # min(p, 0) exactly, derivative 1 at p = 0 as PReLU's
     pos = (positive * w).sum(3).reshape(batch, out_channels, height, width)
