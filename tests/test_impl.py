@@ -221,6 +221,49 @@ def test_chunked_path_matches_literal(fanout, budget, unique, bias, train_masks,
         check_against_literal("eager", cfg, act, "chunked")
 
 
+@pytest.fixture
+def threads():
+    """``torch.set_num_threads`` for one test, restored after it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_default_budget_halves_on_one_cpu_thread(threads):
+    """One CPU thread: half the block (at least 1); other counts and devices: the table's."""
+    sizes = {"cpu": 1 << 21, "cuda": 1 << 25}
+    with mock.patch.dict(_fast_chunked.CHUNK_ELEMENTS, sizes):
+        threads(1)
+        assert _fast_chunked.default_budget("cpu") == 1 << 20
+        assert _fast_chunked.default_budget("cuda") == 1 << 25
+        assert _fast_chunked.default_budget("xpu") == 1 << 21  # unknown: the CPU's size
+        threads(2)
+        assert _fast_chunked.default_budget("cpu") == 1 << 21
+        threads(1)
+        with mock.patch.dict(_fast_chunked.CHUNK_ELEMENTS, {"cpu": 1}):
+            assert _fast_chunked.default_budget("cpu") == 1
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_chunked_path_blocks_by_default_budget(count, threads):
+    """The eager path cuts its blocks by ``default_budget`` of the thread count in force."""
+    threads(count)
+    seen = []
+    blocks = _fast_chunked._blocks
+
+    def spy(batch, channels, nmasks, pixels, budget):
+        seen.append(budget)
+        return blocks(batch, channels, nmasks, pixels, budget)
+
+    cfg = pinned()
+    with (
+        mock.patch.dict(_fast_chunked.CHUNK_ELEMENTS, {"cpu": 40}),
+        mock.patch.object(_fast_chunked, "_blocks", spy),
+    ):
+        check_against_literal("eager", cfg, "relu", "chunked")
+    assert seen and set(seen) == {20 if count == 1 else 40}
+
+
 @pytest.mark.parametrize("act", FAMILIES)
 @pytest.mark.parametrize("unique", [True, False], ids=["unique", "shared"])
 def test_chunked_path_without_input_gradient(unique, act):

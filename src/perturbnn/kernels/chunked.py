@@ -26,13 +26,31 @@ from torch.autograd.function import once_differentiable
 
 from perturbnn.kernels.activation import Pointwise
 
-__all__ = ["CHUNK_ELEMENTS", "perturb_act_conv2d_chunked"]
+__all__ = ["CHUNK_ELEMENTS", "default_budget", "perturb_act_conv2d_chunked"]
 
 #: Elements of one perturbed block by device type: small enough to stay in a CPU's last-level
 #: cache (2**21 float32 values are 8 MiB; the value and derivative buffers live at once), large
 #: enough that the Python loop costs little. Chosen by a sweep on a 2-core CPU with a 32 MiB L3
 #: (see docs/performance.md); the CUDA value is a guess (no GPU measurement).
 CHUNK_ELEMENTS: dict[str, int] = {"cpu": 1 << 21, "cuda": 1 << 25}
+
+
+def default_budget(device_type: str) -> int:
+    """Perturbed values per block for a device type: :data:`CHUNK_ELEMENTS`, halved on a CPU
+    running one torch thread (at least 1).
+
+    Each thread works on its share of a block; on one thread a block of half the size is
+    faster (the eager ReLU layer of ``bench_layers.py``'s large case: fastest at ``2**20`` on one
+    thread and at ``2**21`` on two; ``benchmarks/bench_chunk.py``), and one thread is what the
+    command line's guard runs while other processes keep the CPUs busy.
+
+    Args:
+        device_type: ``x.device.type`` (``"cpu"``, ``"cuda"``, ...); unknown types get the CPU's.
+    """
+    budget = CHUNK_ELEMENTS.get(device_type, CHUNK_ELEMENTS["cpu"])
+    if device_type == "cpu" and torch.get_num_threads() == 1:
+        return max(1, budget // 2)
+    return budget
 
 
 def _blocks(
@@ -252,13 +270,13 @@ def perturb_act_conv2d_chunked(
         bias: optional ``Tensor[out_channels]``; cast to ``x``'s dtype.
         level: noise amplitude.
         act: the deterministic element-wise activation.
-        budget: perturbed values per block (default :data:`CHUNK_ELEMENTS` of ``x``'s device).
+        budget: perturbed values per block (default :func:`default_budget` of ``x``'s device).
 
     Returns:
         ``Tensor[batch_size, out_channels, height, width]`` of ``x``'s dtype.
     """
     if budget is None:
-        budget = CHUNK_ELEMENTS.get(x.device.type, CHUNK_ELEMENTS["cpu"])
+        budget = default_budget(x.device.type)
     dtype = x.dtype
     params = tuple(p.to(dtype) for p in act.params)
     out: Tensor = _PerturbActConv.apply(
