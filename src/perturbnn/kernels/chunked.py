@@ -46,6 +46,9 @@ def default_budget(device_type: str) -> int:
 
     Args:
         device_type: ``x.device.type`` (``"cpu"``, ``"cuda"``, ...); unknown types get the CPU's.
+
+    Returns:
+        int: perturbed values (elements of ``x``'s dtype) per block. Raises nothing.
     """
     budget = CHUNK_ELEMENTS.get(device_type, CHUNK_ELEMENTS["cpu"])
     if device_type == "cpu" and torch.get_num_threads() == 1:
