@@ -19,7 +19,7 @@ timed in one process, in three phases:
 Each sample is a run of consecutive steps of at least ``--sample`` seconds (as a training loop
 runs them), reported per step: one step of a few milliseconds would measure where the
 scheduler's time slices happen to fall, not the share of the CPU the process gets. Each row
-runs in two thread modes, interleaved sample by sample so that a change of load hits both:
+runs in three thread modes, interleaved sample by sample so that a change of load hits all:
 
 - ``fixed``: torch's default thread count, fixed (what a script of your own gets);
 - ``harness``: what ``perturbnn-repro`` does (:func:`perturbnn.repro.runtime.configure_threads`:
@@ -317,7 +317,9 @@ def main() -> None:
     parser.add_argument(
         "--sample", type=float, default=0.5, help="seconds of consecutive steps per sample"
     )
-    parser.add_argument("--quick", action="store_true", help="3 rounds, 10 s cap per row")
+    parser.add_argument(
+        "--quick", action="store_true", help="at most 3 rounds and a 10 s cap per row"
+    )
     parser.add_argument(
         "--main-job",
         choices=("both", "harness", "skip"),
@@ -340,8 +342,8 @@ def main() -> None:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     # SIGTERM unwinds like Ctrl-C, so that the competing process and the main job are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if args.quick:
-        args.repeats, args.cap = 3, 10.0
+    if args.quick:  # at most 3 rounds and 10 s (a smaller --repeats or --cap is kept)
+        args.repeats, args.cap = min(args.repeats, 3), min(args.cap, 10.0)
     threads = torch.get_num_threads()
     grouping = autogroup()
     print(
