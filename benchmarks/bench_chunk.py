@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import shlex
 import statistics
@@ -48,12 +49,18 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.lo <= args.hi <= 30:
         parser.error(f"--lo and --hi must satisfy 1 <= lo <= hi <= 30, got {args.lo}, {args.hi}")
-    if args.repeats < 1 or args.sample <= 0:
-        parser.error("--repeats must be at least 1 and --sample positive")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if not (math.isfinite(args.sample) and args.sample > 0):
+        parser.error(f"--sample must be a positive number, got {args.sample}")
     default = torch.get_num_threads()
     counts = sorted({1, default})
     load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, thread counts {counts}; load average (1 min) {load:.2f}")
+    if load > 0.5:
+        print(
+            "  warning: the machine is not quiet; other jobs change these times (and which is fastest)"
+        )
 
     gen = torch.Generator().manual_seed(0)
     b, c, o, m, s = (LAYER[k] for k in ("batch", "channels", "out_channels", "nmasks", "size"))

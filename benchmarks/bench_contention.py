@@ -51,6 +51,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import shlex
@@ -338,8 +339,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     for name in ("repeats", "cap", "sample", "main_job_limit"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            parser.error(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     # SIGTERM unwinds like Ctrl-C, so that the competing process and the main job are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:  # at most 3 rounds and 10 s (a smaller --repeats or --cap is kept)

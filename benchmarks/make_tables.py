@@ -213,8 +213,9 @@ def contention_tables(result: dict[str, Any], name: str) -> list[str]:
     grouping = {True: "yes", False: "no", None: "unknown"}[result.get("autogroup")]
     lines = [
         f"Source: `benchmarks/results/{name}`: torch {result['torch']}, {result['threads']} "
-        f"threads, {result.get('date', 'date not recorded')}; median of "
-        f"{result.get('repeats', '?')} interleaved rounds per phase, each sample at least "
+        f"threads, {result.get('date', 'date not recorded')}; median of up to "
+        f"{result.get('repeats', '?')} interleaved rounds per phase (a row stops after 3 once its "
+        "samples took the `--cap`), each sample at least "
         f"{result.get('sample_s', '?')} s of consecutive steps. Command: "
         f"`{result.get('command', 'python benchmarks/bench_contention.py')}`. CPU shared out by "
         f"session (`sched_autogroup_enabled`): {grouping}. Other processes used "
