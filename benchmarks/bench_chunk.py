@@ -36,7 +36,8 @@ from torch import nn
 from perturbnn.functional import perturb_conv2d
 from perturbnn.kernels import chunked
 
-LAYER = {"batch": 16, "channels": 128, "out_channels": 128, "nmasks": 64, "size": 32}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_contention import LAYER, layer_inputs
 
 
 def main() -> None:
@@ -62,14 +63,7 @@ def main() -> None:
             "  warning: the machine is not quiet; other jobs change these times (and which is fastest)"
         )
 
-    gen = torch.Generator().manual_seed(0)
-    b, c, o, m, s = (LAYER[k] for k in ("batch", "channels", "out_channels", "nmasks", "size"))
-    x = torch.randn(b, c, s, s, generator=gen).requires_grad_()
-    masks = torch.rand(1, m, s, s, generator=gen) * 2 - 1
-    conv = nn.Conv2d(c * m, o, 1, groups=c)
-    weight = conv.weight.detach().requires_grad_()
-    bias = conv.bias.detach().requires_grad_()  # type: ignore[union-attr]
-    grad_out = torch.randn(b, o, s, s, generator=gen)
+    x, masks, weight, bias, grad_out = layer_inputs()  # bench_contention's layer
     act = nn.ReLU()
 
     def step() -> None:

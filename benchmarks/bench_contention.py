@@ -66,7 +66,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from perturbnn import build_model
 from perturbnn.functional import perturb_conv2d
@@ -181,7 +181,8 @@ class Competitor:
         self.proc.wait(timeout=30)
 
 
-def layer_rows() -> list[Row]:
+def layer_inputs() -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``x, masks, weight, bias, grad_out`` of the :data:`LAYER` case (seeded; shared masks)."""
     gen = torch.Generator().manual_seed(0)
     b, c, o, m, s = (LAYER[k] for k in ("batch", "channels", "out_channels", "nmasks", "size"))
     x = torch.randn(b, c, s, s, generator=gen).requires_grad_()
@@ -190,6 +191,11 @@ def layer_rows() -> list[Row]:
     weight = conv.weight.detach().requires_grad_()
     bias = conv.bias.detach().requires_grad_()  # type: ignore[union-attr]
     grad_out = torch.randn(b, o, s, s, generator=gen)
+    return x, masks, weight, bias, grad_out
+
+
+def layer_rows() -> list[Row]:
+    x, masks, weight, bias, grad_out = layer_inputs()
     rows = []
     for impl in LAYER_IMPLS:
         for act in (None, nn.ReLU()):
