@@ -26,7 +26,6 @@ import os
 import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 from unittest import mock
 
@@ -37,7 +36,7 @@ from perturbnn.functional import perturb_conv2d
 from perturbnn.kernels import chunked
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_contention import LAYER, layer_inputs
+from bench_contention import LAYER, layer_inputs, time_sample
 
 
 def main() -> None:
@@ -83,12 +82,8 @@ def main() -> None:
                 # exactly this size, whatever default_budget would make of the thread count
                 with mock.patch.object(chunked, "default_budget", lambda _, p=power: 1 << p):
                     step()
-                    steps, start = 0, time.perf_counter()
-                    while steps == 0 or time.perf_counter() - start < args.sample:
-                        step()
-                        steps += 1
-                    took = (time.perf_counter() - start) / steps
-                times.setdefault((count, power), []).append(took)
+                    per_step, _ = time_sample(step, args.sample)
+                times.setdefault((count, power), []).append(per_step)
     torch.set_num_threads(default)
 
     print("\n| block (values) | " + " | ".join(f"{n} thread(s), ms" for n in counts) + " |")

@@ -242,6 +242,21 @@ def train_rows(data_dir: Path) -> list[Row]:
     return rows
 
 
+def time_sample(
+    step: Callable[[], object], seconds: float, before: Optional[Callable[[], object]] = None
+) -> tuple[float, float]:
+    """Run ``step`` (``before`` ahead of each) until ``seconds`` have passed, at least once;
+    return the seconds per step and in all."""
+    steps, start, took = 0, time.perf_counter(), 0.0
+    while steps == 0 or took < seconds:
+        if before is not None:
+            before()
+        step()
+        steps += 1
+        took = time.perf_counter() - start
+    return took / steps, took
+
+
 def run_phase(
     phase: str,
     rows: list[Row],
@@ -266,14 +281,11 @@ def run_phase(
                     continue
                 count = {"fixed": threads, "one": 1}.get(mode, guard.threads)
                 torch.set_num_threads(count)
-                steps, start, took = 0, time.perf_counter(), 0.0
-                while steps == 0 or took < sample:
-                    if mode == "harness":
-                        guard.poll()  # as the training loop does before every step
-                    row.step()
-                    steps += 1
-                    took = time.perf_counter() - start
-                times.append(took / steps)
+                # the harness: the guard is asked before every step, as the training loop does
+                per_step, took = time_sample(
+                    row.step, sample, guard.poll if mode == "harness" else None
+                )
+                times.append(per_step)
                 row.spent[key] = row.spent.get(key, 0.0) + took
     torch.set_num_threads(threads)
 
