@@ -244,10 +244,11 @@ def test_unreachable_server_is_one_line_and_leaves_nothing(
 
 
 def test_missing_data_names_download_and_data_dir_first(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, server: Server, cifar10: CifarArchive, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "nothing"
     assert _train(data, tmp_path / "run") == 2
+    assert server.total_hits == 0  # without --download, nothing is requested
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1
     head, _, looked = errors[0].partition("Looked for:")

@@ -16,7 +16,6 @@ import os
 import shutil
 import tarfile
 import tempfile
-import urllib.error
 import zipfile
 from pathlib import Path
 from typing import Any, Union
@@ -75,7 +74,9 @@ def _missing(root: Path, files: list[str]) -> list[str]:
 
 def _reason(exc: BaseException) -> str:
     """One line saying why torchvision's download failed."""
-    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+    # urllib's URLError (an OSError with .reason; HTTPError has a .code as well). The network
+    # is torchvision's business: this module imports no network client.
+    if isinstance(exc, OSError) and hasattr(exc, "reason") and not hasattr(exc, "code"):
         return f"cannot reach the server: {exc.reason}"
     text = " ".join(str(exc).split())
     if isinstance(exc, RuntimeError) and "corrupted" in text.lower():
@@ -163,8 +164,7 @@ def download_dataset(name: str, data_dir: StrPath, *, train: bool) -> Path:
         except ImportError:
             raise
         except (
-            urllib.error.URLError,
-            OSError,
+            OSError,  # urllib's URLError and HTTPError among them
             RuntimeError,
             ValueError,
             EOFError,
