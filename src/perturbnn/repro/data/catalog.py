@@ -154,7 +154,7 @@ _SPECS: dict[str, _Spec] = {
     ),
     "SVHN": _Spec(
         title="SVHN",
-        download_size="about 180 MB for the train split, 65 MB for the test split",
+        download_size="about 180 MB for the train split, 64 MB for the test split",
         info=DatasetInfo("SVHN", in_channels=3, input_size=32, nclasses=10),
         mean=HALF,
         std=HALF,
