@@ -389,3 +389,43 @@ def test_mnist_downloads_from_torchvisions_mirror_list(
     # What was downloaded is what is read (the official counts are checked: 8 is not 10,000).
     with pytest.raises(DataCorruptError, match="must hold 10000 images, got 8"):
         load_dataset("MNIST", tmp_path / "data", train=False)
+
+
+# ----------------------------------------------------------------- where the download goes
+
+
+def test_download_goes_to_the_named_folder_or_data_never_the_shared_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from perturbnn.repro.cli import demo as demo_cli
+    from perturbnn.repro.cli import reproduce as reproduce_cli
+    from perturbnn.repro.cli import train as train_cli
+    from perturbnn.repro.config import RunConfig
+    from perturbnn.repro.scales import SCALES
+
+    monkeypatch.delenv("PERTURBNN_DATA_DIR", raising=False)
+    work = tmp_path / "checkout"
+    work.mkdir()
+    (tmp_path / "shared" / "data").mkdir(parents=True)  # the fallback for reading only
+    monkeypatch.chdir(work)
+    assert RunConfig().data_dir == "../shared/data"
+    assert RunConfig(download=True).data_dir == "./data"
+    configs = {
+        "train": train_cli.resolve_config(["--download", "--out-dir", "r"]),
+        "demo": demo_cli.demo_config(demo_cli.build_parser().parse_args(["--download"])),
+        "reproduce": reproduce_cli.make_config(
+            "baseline",
+            SCALES["cpu"],
+            data_dir=reproduce_cli.build_parser().parse_args(["--download"]).data_dir,
+            out_dir=Path("r"),
+            progress=False,
+            download=True,
+        ),
+    }
+    for command, config in configs.items():
+        assert (config.download, config.data_dir) == (True, "./data"), command
+    named = train_cli.resolve_config(["--download", "--data-dir", "mine", "--out-dir", "r"])
+    assert named.data_dir == "mine"
+    monkeypatch.setenv("PERTURBNN_DATA_DIR", str(tmp_path / "env"))
+    assert RunConfig(download=True).data_dir == str(tmp_path / "env")
+    assert not (work / "data").exists()  # nothing is created before data is needed
