@@ -139,7 +139,7 @@ def download_dataset(name: str, data_dir: StrPath, *, train: bool) -> Path:
             f"{spec.label} cannot be downloaded: put the images in <data_dir>/train/<class>/ "
             "and <data_dir>/val/<class>/ yourself"
         )
-    data_dir = Path(data_dir)
+    data_dir = Path(data_dir).absolute()  # messages name the folder whatever the cwd
     dest = _destination(spec, data_dir)
     files = _official_files(spec, train)
     missing = _missing(dest, files)

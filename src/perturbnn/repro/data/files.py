@@ -470,11 +470,11 @@ def load_dataset(
     """Load one split of a data set, downloading it with torchvision if asked and missing.
 
     Every data set but ``ImageFolder`` is decoded into memory once (about 2 s for CIFAR-10 on
-    two cores) and checked: image shape and dtype, label range and, for CIFAR-10 and MNIST, the
-    image count (CIFAR-10: 50,000 train and 10,000 test; MNIST: 60,000 and 10,000).
-    CIFAR-100, SVHN, STL-10 and FashionMNIST are read from torchvision's official folders by
-    torchvision's own classes, which check the official files' MD5 checksums (CIFAR-100, SVHN,
-    STL-10; SVHN also needs scipy). ``ImageFolder`` reads ``<data_dir>/train/<class>/`` and
+    two cores) and checked: image shape and dtype, label range and the image count of the
+    offline ``.npz`` copies (CIFAR-10: 50,000 train and 10,000 test) and of MNIST (60,000 and
+    10,000). torchvision's official folders are read by torchvision's own classes, which check
+    the official files' MD5 checksums (CIFAR-10, CIFAR-100, SVHN, STL-10; SVHN also needs
+    scipy), after a check that every file they need is there (a missing one is named). ``ImageFolder`` reads ``<data_dir>/train/<class>/`` and
     ``<data_dir>/val/<class>/`` (or ``test/``) lazily with ``torchvision.datasets.ImageFolder``.
     See the package documentation for where the data is looked for.
 
