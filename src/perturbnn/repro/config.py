@@ -11,7 +11,7 @@ import datetime
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -53,12 +53,15 @@ MODEL_OPTIONS: tuple[str, ...] = (
 )
 
 
-def _default_data_dir() -> str:
+def _default_data_dir(download: bool = False) -> str:
     """``$PERTURBNN_DATA_DIR``, else the first existing of ``./data`` and ``../shared/data``
-    (the order of :func:`perturbnn.repro.data.resolve_data_dir`), else ``./data``."""
+    (the order of :func:`perturbnn.repro.data.resolve_data_dir`), else ``./data``; with
+    ``download``, ``$PERTURBNN_DATA_DIR``, else ``./data`` (downloads never go elsewhere)."""
     env = os.environ.get("PERTURBNN_DATA_DIR")
     if env:
         return env
+    if download:
+        return "./data"
     for candidate in ("./data", "../shared/data"):
         if os.path.isdir(candidate):
             return candidate
@@ -76,8 +79,12 @@ class RunConfig:
     Attributes:
         experiment: name of the preset applied, if any (recorded in the summary).
         net_type, dataset_train, dataset_test: model and data set names.
-        data_dir: where the data sets are (default: ``$PERTURBNN_DATA_DIR``, else the first
-            existing of ``./data`` and ``../shared/data``, else ``./data``).
+        data_dir: where the data sets are (``None``, the default: ``$PERTURBNN_DATA_DIR``, else
+            the first existing of ``./data`` and ``../shared/data``, else ``./data``; with
+            ``download``: ``$PERTURBNN_DATA_DIR``, else ``./data``). Always a ``str`` once the
+            configuration is built.
+        download: download a missing data set with torchvision into ``data_dir`` (see
+            :func:`perturbnn.repro.data.load_dataset`); not for ``ImageFolder``.
         nfilters, nmasks, level, filter_size, first_filter_size, scale_noise, act, use_act, pool_type, dropout, unique_masks, train_masks, noise_type, mix_maps: model options
             (see :func:`perturbnn.build_model`).
         impl: how perturbation layers compute (``"auto"``, ``"eager"``, ``"compiled"``,
@@ -107,7 +114,8 @@ class RunConfig:
     net_type: str = "resnet18"
     dataset_train: str = "CIFAR10"
     dataset_test: str = "CIFAR10"
-    data_dir: str = field(default_factory=_default_data_dir)
+    data_dir: Optional[str] = None
+    download: bool = False
     nfilters: int = 64
     nmasks: int = 1
     level: float = 0.5
@@ -141,6 +149,18 @@ class RunConfig:
     sync_bn: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.download, bool):
+            raise ValueError(f"download must be a bool, got {self.download!r}")
+        if self.data_dir is None:
+            object.__setattr__(self, "data_dir", _default_data_dir(self.download))
+        if self.download and "ImageFolder" in (
+            dataset_info(self.dataset_train).name,
+            dataset_info(self.dataset_test).name,
+        ):
+            raise ValueError(
+                "download must be off for ImageFolder: a folder of class subfolders cannot be "
+                "downloaded; put it in data_dir yourself"
+            )
         for name in ("batch_size", "nepochs", "nfilters", "nmasks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -255,6 +275,7 @@ def default_out_dir(config: RunConfig, root: PathLike = "runs") -> Path:
 #: experiment: a run resumed or compared with other values for these is still the same run.
 MACHINE_FIELDS: tuple[str, ...] = (
     "data_dir",
+    "download",
     "out_dir",
     "resume",
     "device",

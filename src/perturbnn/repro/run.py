@@ -213,6 +213,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         test_subset=config.test_subset,
         num_workers=config.num_workers,
         seed=config.manual_seed,
+        download=config.download,
     )
     nclasses = train_info.nclasses
     if nclasses is None:  # ImageFolder: the classes are the training folder's subfolders

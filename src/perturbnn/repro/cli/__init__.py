@@ -35,7 +35,8 @@ Without a command, {PROG} runs `demo`: one short CIFAR-10 run (about 1.5 minutes
 cores) printing the exact test accuracy, the original method's figure and the gap. The full
 reproduction is `reproduce` (about 35 minutes on 2 cores at its defaults). The data is looked
 for in --data-dir, else $PERTURBNN_DATA_DIR, else ./data or ../shared/data (the first that
-exists).
+exists); --download fetches a missing data set with torchvision (into --data-dir, else
+$PERTURBNN_DATA_DIR, else ./data; CIFAR-10 is about 170 MB) and never fetches it twice.
 
   {PROG} demo --help          the demo command's flags
   {PROG} reproduce --help     the reproduce command's flags

@@ -133,9 +133,16 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--data-dir",
-        default=RunConfig().data_dir,
-        help="folder holding cifar10/ (default: $PERTURBNN_DATA_DIR, else ./data or "
-        "../shared/data, the first that exists)",
+        default=None,
+        help="folder holding cifar10/ or cifar-10-batches-py/ (default: $PERTURBNN_DATA_DIR, "
+        "else ./data or ../shared/data, the first that exists; with --download: "
+        "$PERTURBNN_DATA_DIR, else ./data)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download the data set with torchvision into --data-dir if it is not there (CIFAR-10: "
+        "about 170 MB; never again once there; not for ImageFolder)",
     )
     parser.add_argument(
         "--out-dir", default=None, help="write the run's log and checkpoints here (default: none)"
@@ -165,6 +172,7 @@ def demo_config(args: argparse.Namespace) -> RunConfig:
         device="cpu",
         manual_seed=args.manual_seed,
         data_dir=args.data_dir,
+        download=args.download,
         out_dir=args.out_dir,
         progress=args.progress,
     )

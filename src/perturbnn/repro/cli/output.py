@@ -161,7 +161,8 @@ def name_flags(message: str, flags: Mapping[str, str]) -> str:
     A field with an underscore (``test_subset``) is replaced wherever it appears as a word; a
     one-word field (``dropout``, ``device``) only where it names the value (at the start of the
     message or before ``must``), so that prose such as "a device that is not available" stays.
-    A name already written as a flag is left alone.
+    A name already written as a flag is left alone, and ``download=True`` (a field set to
+    ``True``, as the library's messages write it) becomes the flag (``--download``).
 
     Args:
         message: an error message of the library.
@@ -172,6 +173,7 @@ def name_flags(message: str, flags: Mapping[str, str]) -> str:
     """
     for field in sorted(flags, key=len, reverse=True):
         flag = flags[field]
+        message = re.sub(rf"(?<![\w-]){re.escape(field)}=True\b", flag, message)
         if "_" in field:
             pattern = rf"(?<![\w-]){re.escape(field)}(?!\w)"
         else:

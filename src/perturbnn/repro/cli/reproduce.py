@@ -107,15 +107,23 @@ def run_folder(out_dir: Path, name: str, seed: int) -> Path:
 
 
 def make_config(
-    name: str, scale: Scale, *, data_dir: str, out_dir: Path, progress: bool, seed: int = 1
+    name: str,
+    scale: Scale,
+    *,
+    data_dir: Optional[str],
+    out_dir: Path,
+    progress: bool,
+    seed: int = 1,
+    download: bool = False,
 ) -> RunConfig:
     """The run of preset ``name`` at ``scale`` with ``manual_seed=seed``, writing to
-    :func:`run_folder` ``(out_dir, name, seed)``."""
+    :func:`run_folder` ``(out_dir, name, seed)``; ``download``: see ``RunConfig.download``."""
     return RunConfig.from_experiment(
         name,
         **scale.overrides(name),
         manual_seed=seed,
         data_dir=data_dir,
+        download=download,
         out_dir=str(run_folder(out_dir, name, seed)),
         progress=progress,
     )
@@ -161,7 +169,6 @@ def _fraction_arg(text: str) -> Fraction:
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The command-line parser of the reproduce-all command."""
-    defaults = RunConfig()
     parser = Parser(
         prog=prog,
         description="Run the seed's eight CIFAR-10 experiments at one scale and write the "
@@ -176,9 +183,16 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--data-dir",
-        default=defaults.data_dir,
-        help="folder holding cifar10/ (default: $PERTURBNN_DATA_DIR, else ./data or "
-        "../shared/data, the first that exists)",
+        default=None,
+        help="folder holding cifar10/ or cifar-10-batches-py/ (default: $PERTURBNN_DATA_DIR, "
+        "else ./data or ../shared/data, the first that exists; with --download: "
+        "$PERTURBNN_DATA_DIR, else ./data)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download the data set with torchvision into --data-dir if it is not there (CIFAR-10: "
+        "about 170 MB; never again once there; not for ImageFolder)",
     )
     parser.add_argument("--out-dir", default="runs/reproduce", help="one sub-folder per run")
     parser.add_argument("--report", default="docs/reproduction.md", help="markdown to write")
@@ -350,8 +364,9 @@ def train_all(
     jobs = [(name, seed) for name in names for seed in seeds]
     for position, (name, seed) in enumerate(jobs, start=1):
         config = make_config(
-            name, scale, data_dir=args.data_dir, out_dir=out_dir, progress=args.progress, seed=seed
-        )
+            name, scale, data_dir=args.data_dir, out_dir=out_dir, progress=args.progress,
+            seed=seed, download=args.download,
+        )  # fmt: skip
         run_dir = run_folder(out_dir, name, seed)
         wanted = _experiment_fields(_plain(config))
         summary_path = run_dir / SUMMARY_FILE

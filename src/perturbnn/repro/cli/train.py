@@ -195,9 +195,17 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
     # This reproduction's own flags.
     add(
         "--data-dir",
-        default=defaults.data_dir,
-        help="folder holding cifar10/ and mnist/ (default: $PERTURBNN_DATA_DIR, else ./data or "
-        "../shared/data, the first that exists)",
+        default=None,
+        help="folder holding the data set (cifar10/, mnist/ or torchvision's folders; default: "
+        "$PERTURBNN_DATA_DIR, else ./data or ../shared/data, the first that exists; with "
+        "--download: $PERTURBNN_DATA_DIR, else ./data)",
+    )
+    add(
+        "--download",
+        default=False,
+        action="store_true",
+        help="download the data set with torchvision into --data-dir if it is not there (CIFAR-10: "
+        "about 170 MB; never again once there; not for ImageFolder)",
     )
     add(
         "--train-subset",
@@ -236,14 +244,6 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
 def _one_line(exc: BaseException) -> str:
     """The error as one line, naming the flags the user typed rather than the fields."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if isinstance(exc, DataNotFoundError):
-        looked = f" Looked at: {', '.join(map(str, exc.paths))}." if exc.paths else ""
-        head = lines[0].split(" Looked at:")[0] if lines else str(exc)
-        return (
-            f"{head}{looked} Pass --data-dir (or set PERTURBNN_DATA_DIR) "
-            "to the folder that holds the data set (cifar10/ and mnist/, e.g. ../shared/data, "
-            "or torchvision's official folders)"
-        )
     text = " ".join(lines) if lines else type(exc).__name__
     return name_flags(text, flag_names(build_parser()))
 

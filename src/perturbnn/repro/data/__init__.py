@@ -1,6 +1,6 @@
 """CIFAR-10 and MNIST as in-memory tensors, their transforms, and the data loaders.
 
-Nothing here downloads. :func:`load_dataset` reads either the offline ``.npz`` copies
+:func:`load_dataset` reads either the offline ``.npz`` copies
 (``cifar10/cifar10_train_[1-5].npz``, ``cifar10/cifar10_test.npz``,
 ``mnist/mnist_{train,test}.npz``, each with a ``uint8`` ``images`` array and an integer
 ``labels`` array) or torchvision's official folders (``cifar-10-batches-py/``,
@@ -16,7 +16,10 @@ Where the data is looked for, for a data set and a split, given ``data_dir`` (se
    ``torchvision.datasets.CIFAR10(root=data_dir, download=False)`` (``MNIST``);
 4. ``data_dir`` is itself ``cifar-10-batches-py/`` (``MNIST/``), read with its parent as root.
 
-When none is complete, :class:`DataNotFoundError` lists every path that was looked at. A file
+When none is complete, ``load_dataset(..., download=True)`` downloads torchvision's layout
+into ``data_dir`` (:func:`download_dataset`: torchvision's URLs and MD5 checks, in a temporary
+folder first); without ``download``, :class:`DataNotFoundError` says how to get the data and
+where it was looked for, in one line (a failed download raises :class:`DataDownloadError`). A file
 or folder that exists but cannot be read, or holds arrays of the wrong shape, dtype, label range
 or count, raises :class:`DataCorruptError` naming it.
 """
@@ -33,10 +36,12 @@ from perturbnn.repro.data.catalog import (
     build_transform,
     dataset_info,
 )
+from perturbnn.repro.data.download import download_dataset, source_urls
 from perturbnn.repro.data.files import (
     DATA_DIR_ENV,
     ArrayImageDataset,
     DataCorruptError,
+    DataDownloadError,
     DataNotFoundError,
     load_dataset,
     resolve_data_dir,
@@ -59,6 +64,7 @@ __all__ = [
     "TEST_SUBSET_SEED",
     "ArrayImageDataset",
     "DataCorruptError",
+    "DataDownloadError",
     "DataNotFoundError",
     "DatasetInfo",
     "SeededAugmentation",
@@ -66,8 +72,10 @@ __all__ = [
     "class_balanced_subset",
     "dataset_classes",
     "dataset_info",
+    "download_dataset",
     "load_dataset",
     "make_loaders",
     "resolve_data_dir",
     "set_loader_epoch",
+    "source_urls",
 ]

@@ -97,6 +97,12 @@ class _Spec:
     )
     counts: Optional[dict[bool, int]] = None
     channels_last: bool = True
+    title: str = ""  # the name people write ("CIFAR-10"), for messages
+    download_size: str = ""  # what torchvision downloads, for messages; "" if it cannot
+
+    @property
+    def label(self) -> str:
+        return self.title or self.info.name
 
     def count(self, train: bool) -> Optional[int]:
         if self.npz_files[train]:
@@ -116,6 +122,8 @@ def _both(marker: str) -> dict[bool, str]:
 
 _SPECS: dict[str, _Spec] = {
     "CIFAR10": _Spec(
+        title="CIFAR-10",
+        download_size="about 170 MB for both splits",
         info=DatasetInfo("CIFAR10", in_channels=3, input_size=32, nclasses=10),
         mean=CIFAR10_MEAN,
         std=CIFAR10_STD,
@@ -132,6 +140,8 @@ _SPECS: dict[str, _Spec] = {
         },
     ),
     "CIFAR100": _Spec(
+        title="CIFAR-100",
+        download_size="about 170 MB for both splits",
         info=DatasetInfo("CIFAR100", in_channels=3, input_size=32, nclasses=100),
         mean=CIFAR10_MEAN,  # the seed transforms CIFAR-100 as CIFAR-10
         std=CIFAR10_STD,
@@ -143,6 +153,8 @@ _SPECS: dict[str, _Spec] = {
         torchvision_marker=_both("cifar-100-python"),
     ),
     "SVHN": _Spec(
+        title="SVHN",
+        download_size="about 180 MB for the train split, 64 MB for the test split",
         info=DatasetInfo("SVHN", in_channels=3, input_size=32, nclasses=10),
         mean=HALF,
         std=HALF,
@@ -156,6 +168,8 @@ _SPECS: dict[str, _Spec] = {
         channels_last=False,
     ),
     "STL10": _Spec(
+        title="STL-10",
+        download_size="about 2.6 GB for both splits",
         info=DatasetInfo("STL10", in_channels=3, input_size=96, nclasses=10),
         mean=HALF,
         std=HALF,
@@ -168,6 +182,8 @@ _SPECS: dict[str, _Spec] = {
         channels_last=False,
     ),
     "MNIST": _Spec(
+        title="MNIST",
+        download_size="about 12 MB for both splits",
         info=DatasetInfo("MNIST", in_channels=1, input_size=28, nclasses=10),
         mean=MNIST_MEAN,
         std=MNIST_STD,
@@ -184,6 +200,8 @@ _SPECS: dict[str, _Spec] = {
         },
     ),
     "FASHIONMNIST": _Spec(
+        title="Fashion-MNIST",
+        download_size="about 31 MB for both splits",
         info=DatasetInfo("FashionMNIST", in_channels=1, input_size=28, nclasses=10),
         mean=MNIST_MEAN,  # the seed treats FashionMNIST as MNIST
         std=MNIST_STD,
@@ -197,6 +215,7 @@ _SPECS: dict[str, _Spec] = {
         torchvision_marker=_both(os.path.join("FashionMNIST", "raw")),
     ),
     "IMAGEFOLDER": _Spec(
+        title="ImageFolder",
         info=DatasetInfo("ImageFolder", in_channels=3, input_size=224, nclasses=None),
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
@@ -293,3 +312,34 @@ def build_transform(name: str, *, train: bool) -> v2.Compose:
         v2.Normalize(list(spec.mean), list(spec.std)),
     ]
     return v2.Compose(steps)
+
+
+def _official_files(spec: _Spec, train: bool) -> list[str]:
+    """The files torchvision needs to read one split, relative to its root, as torchvision
+    itself lists them (so that a missing one can be named before torchvision is called).
+
+    CIFAR-10, CIFAR-100 and STL-10 need every file of the release whatever the split (their
+    classes check them all); MNIST and FashionMNIST their four raw files; SVHN the split's
+    ``.mat`` file only. Empty for ImageFolder.
+    """
+    import torchvision.datasets as tvd
+
+    name = spec.torchvision_class
+    if name in ("CIFAR10", "CIFAR100"):
+        cifar = getattr(tvd, name)
+        files = [f for f, _ in cifar.train_list + cifar.test_list] + [cifar.meta["filename"]]
+        return [os.path.join(cifar.base_folder, f) for f in files]
+    if name == "STL10":
+        return [
+            os.path.join(tvd.STL10.base_folder, f)
+            for f, _ in tvd.STL10.train_list + tvd.STL10.test_list
+        ]
+    if name in ("MNIST", "FashionMNIST"):
+        mnist = getattr(tvd, name)
+        return [
+            os.path.join(name, "raw", os.path.splitext(os.path.basename(f))[0])
+            for f, _ in mnist.resources
+        ]
+    if name == "SVHN":
+        return [tvd.SVHN.split_list["train" if train else "test"][1]]
+    return []

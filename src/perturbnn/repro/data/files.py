@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from perturbnn.repro.data.catalog import (
+    _official_files,
     _Spec,
     _spec,
     build_transform,
@@ -30,6 +31,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "ArrayImageDataset",
     "DataCorruptError",
+    "DataDownloadError",
     "DataNotFoundError",
     "load_dataset",
     "resolve_data_dir",
@@ -46,7 +48,8 @@ DATA_DIR_ENV = "PERTURBNN_DATA_DIR"
 class DataNotFoundError(FileNotFoundError):
     """A data set is not where it was looked for.
 
-    The message lists every path that was looked at and how to get the data.
+    The message is one line: how to get the data (``download=True``, ``data_dir``), then the
+    places that were looked at.
 
     Attributes:
         paths (list[Path]): the paths looked at, in search order.
@@ -55,6 +58,17 @@ class DataNotFoundError(FileNotFoundError):
     def __init__(self, message: str, paths: Sequence[Path] = ()) -> None:
         super().__init__(message)
         self.paths: list[Path] = list(paths)
+
+
+class DataDownloadError(DataNotFoundError):
+    """A data set is missing and downloading it failed (no network, a checksum error, ...).
+
+    The message is one line: the reason and where to put the files by hand. Nothing of the
+    failed download is left in the data folder.
+
+    Attributes:
+        paths (list[Path]): where the data would have gone.
+    """
 
 
 class DataCorruptError(ValueError):
@@ -162,15 +176,18 @@ class ArrayImageDataset(Dataset[tuple[Tensor, int]]):
         return "\n".join(lines)
 
 
-def resolve_data_dir(data_dir: Optional[StrPath] = None) -> Path:
+def resolve_data_dir(data_dir: Optional[StrPath] = None, *, download: bool = False) -> Path:
     """Return the data folder to search.
 
     In order: ``data_dir`` if given; else the environment variable ``PERTURBNN_DATA_DIR`` if
     set; else the first existing folder among ``./data`` and ``../shared/data`` (relative to
     the working directory, so that scripts run from the repository root find the shared data).
+    With ``download=True`` the last step is ``./data`` alone (created when a download needs it):
+    downloads go to the folder the user named, or to ``./data``, never to a shared folder.
 
     Args:
         data_dir: an explicit folder; returned as a :class:`~pathlib.Path` without checks.
+        download: whether the caller may download into the folder.
 
     Returns:
         Path: the folder.
@@ -184,6 +201,8 @@ def resolve_data_dir(data_dir: Optional[StrPath] = None) -> Path:
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         return Path(env)
+    if download:
+        return Path("data")
     candidates = [Path("data"), Path("..") / "shared" / "data"]
     for candidate in candidates:
         if candidate.is_dir():
@@ -192,7 +211,8 @@ def resolve_data_dir(data_dir: Optional[StrPath] = None) -> Path:
     raise DataNotFoundError(
         f"no data folder given: data_dir is None, {DATA_DIR_ENV} is not set, and none of the "
         f"default folders exists:\n{looked}\n"
-        f"Pass data_dir or set {DATA_DIR_ENV} to the folder that holds cifar10/ and mnist/.",
+        f"Pass download=True to download the data into ./data, or pass data_dir (or set "
+        f"{DATA_DIR_ENV}) to the folder that holds it.",
         candidates,
     )
 
@@ -301,8 +321,35 @@ def _read_torchvision(spec: _Spec, root: Path, train: bool) -> _Arrays:
     return np.asarray(stl.data), np.asarray(stl.labels), None
 
 
+#: torchvision classes that check the MD5 checksum of every file they read; the image count
+#: of the split is then not checked again (the checksums are the stronger check).
+_MD5_CHECKED = ("CIFAR10", "CIFAR100", "SVHN", "STL10")
+
+
+def _check_complete(spec: _Spec, root: Path, train: bool) -> None:
+    """Raise :class:`DataCorruptError` naming the files torchvision needs that are missing."""
+    folder = root / spec.torchvision_marker[train]
+    files = _official_files(spec, train)
+    missing = [f for f in files if not (root / f).is_file()]
+    if not missing:
+        return
+    split = "train" if train else "test"
+    needs = (
+        f"torchvision needs all {len(files)} files to read either split"
+        if len(files) > 1
+        else f"torchvision reads the {split} split from it"
+    )
+    names = ", ".join(os.path.relpath(root / f, folder) for f in missing)
+    raise DataCorruptError(
+        f"{folder}: {spec.label} is incomplete: {names} missing ({needs}); copy the missing "
+        f"files again, or remove {folder} and pass download=True to download it again",
+        folder,
+    )
+
+
 def _load_torchvision(spec: _Spec, root: Path, train: bool) -> _Arrays:
     folder = root / spec.torchvision_marker[train]
+    _check_complete(spec, root, train)
     try:
         images, labels, classes = _read_torchvision(spec, root, train)
     except ImportError as exc:  # SVHN's .mat files need scipy
@@ -313,13 +360,16 @@ def _load_torchvision(spec: _Spec, root: Path, train: bool) -> _Arrays:
     except (RuntimeError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
         # torchvision raises RuntimeError("Dataset not found or corrupted") on a failed check
         # (the official files' MD5 checksums for CIFAR-100, SVHN and STL-10).
+        reason = " ".join(str(exc).split()).split(" You can use download=True")[0]
         raise DataCorruptError(
             f"{folder}: the official files are there but torchvision cannot read the "
-            f"{'train' if train else 'test'} split from them ({type(exc).__name__}: {exc}); "
-            "they are incomplete, corrupt or not the official release",
+            f"{'train' if train else 'test'} split from them ({type(exc).__name__}: {reason}); "
+            "they are corrupt or not the official release (torchvision checks their MD5 "
+            f"checksums); remove {folder} and pass download=True to download it again",
             folder,
         ) from exc
-    _check_arrays(spec, images, labels, spec.count(train), folder)
+    checked = spec.torchvision_class in _MD5_CHECKED
+    _check_arrays(spec, images, labels, None if checked else spec.count(train), folder)
     return images, labels, classes
 
 
@@ -353,39 +403,58 @@ def _load_image_folder(
     return None
 
 
+def _looked_for(data_dir: Path, looked: list[tuple[Path, bool]]) -> str:
+    """The paths looked at, relative to ``data_dir``, a set of files in one folder on one entry
+    (``cifar10/cifar10_train_1.npz .. cifar10_train_5.npz``), naming the missing ones of a set
+    that is partly there."""
+    groups: dict[tuple[Path, str], list[tuple[str, bool]]] = {}
+    for path, found in looked:
+        groups.setdefault((path.parent, path.suffix), []).append((path.name, found))
+    entries = []
+    for (parent, _), members in groups.items():
+        rel = os.path.relpath(parent, data_dir)
+        first = members[0][0] if rel == "." else os.path.join(rel, members[0][0])
+        entry = first if len(members) == 1 else f"{first} .. {members[-1][0]}"
+        missing = [name for name, found in members if not found]
+        if len(missing) < len(members):
+            entry += f" ({', '.join(missing)} missing)"
+        entries.append(entry)
+    return ", ".join(entries)
+
+
 def _not_found(
     spec: _Spec, data_dir: Path, train: bool, looked: list[tuple[Path, bool]]
 ) -> DataNotFoundError:
-    name = spec.info.name
+    """One line: how to get the data first, then (briefly) where it was looked for."""
     split = "train" if train else "test"
-    lines = "\n".join(f"  {p.absolute()} ({'found' if ok else 'missing'})" for p, ok in looked)
     root = data_dir.absolute()
-    if name == "ImageFolder":
+    if spec.info.name == "ImageFolder":
         how = (
-            f"Put the training images in {root / 'train'}{os.sep}<class>{os.sep} and the test "
-            f"images in {root / 'val'}{os.sep}<class>{os.sep} (or test{os.sep})."
+            f"put the training images in {root / 'train'}{os.sep}<class>{os.sep} and the test "
+            f"images in {root / 'val'}{os.sep}<class>{os.sep} (or test{os.sep}), or point "
+            "data_dir at the folder that holds train/ and val/ (an ImageFolder cannot be "
+            "downloaded)"
         )
     else:
-        official = f"{spec.torchvision_marker[train]}"
-        where = " or ".join(
-            str(root / sub) + os.sep if sub else str(root) + os.sep
-            for sub in spec.torchvision_roots
+        sub = spec.torchvision_roots[0]
+        official = (
+            os.path.join(sub, spec.torchvision_marker[train])
+            if sub
+            else spec.torchvision_marker[train]
         )
-        how = (
-            f"place torchvision's official {official} in {where} (for instance made by "
-            f"torchvision.datasets.{spec.torchvision_class}(root, download=True) on a machine "
-            "with internet access)."
-        )
+        folder = os.sep if spec.torchvision_class != "SVHN" else ""  # SVHN's marker is a file
+        holding = f"torchvision's {official}{folder}"
         if spec.npz_files[train]:
-            files = ", ".join(f for f, _ in spec.npz_files[train])
-            how = (
-                f"copy {files} from the shared data folder (shared/data/{spec.npz_folder}/) "
-                f"into {root / spec.npz_folder}{os.sep}, or {how}"
-            )
-        how = f"To get the data, {how}"
+            names = [f for f, _ in spec.npz_files[train]]
+            npz = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]}"
+            holding += f" or the offline {os.path.join(spec.npz_folder, npz)}"
+        how = (
+            f"pass download=True to fetch it ({spec.download_size}), or point data_dir (or "
+            f"${DATA_DIR_ENV}) at a folder holding {holding}"
+        )
     return DataNotFoundError(
-        f"{name} {split} split not found under {root}. Looked at:\n{lines}\n{how} "
-        f"Pass data_dir or set {DATA_DIR_ENV} to use another folder; perturbnn never downloads.",
+        f"{spec.label} {split} split not found in {root}: {how}. Looked for: "
+        f"{_looked_for(data_dir, looked)}",
         [p for p, _ in looked],
     )
 
@@ -396,17 +465,24 @@ def load_dataset(
     *,
     train: bool,
     transform: Optional[Transform] = None,
+    download: bool = False,
 ) -> Union[ArrayImageDataset, Dataset[tuple[Tensor, int]]]:
-    """Load one split of a data set, without downloading.
+    """Load one split of a data set, downloading it with torchvision if asked and missing.
 
     Every data set but ``ImageFolder`` is decoded into memory once (about 2 s for CIFAR-10 on
-    two cores) and checked: image shape and dtype, label range and, for CIFAR-10 and MNIST, the
-    image count (CIFAR-10: 50,000 train and 10,000 test; MNIST: 60,000 and 10,000).
-    CIFAR-100, SVHN, STL-10 and FashionMNIST are read from torchvision's official folders by
-    torchvision's own classes, which check the official files' MD5 checksums (CIFAR-100, SVHN,
-    STL-10; SVHN also needs scipy). ``ImageFolder`` reads ``<data_dir>/train/<class>/`` and
+    two cores) and checked: image shape and dtype, label range and the image count of the
+    offline ``.npz`` copies (CIFAR-10: 50,000 train and 10,000 test) and of MNIST (60,000 and
+    10,000). torchvision's official folders are read by torchvision's own classes, which check
+    the official files' MD5 checksums (CIFAR-10, CIFAR-100, SVHN, STL-10; SVHN also needs
+    scipy), after a check that every file they need is there (a missing one is named). ``ImageFolder`` reads ``<data_dir>/train/<class>/`` and
     ``<data_dir>/val/<class>/`` (or ``test/``) lazily with ``torchvision.datasets.ImageFolder``.
     See the package documentation for where the data is looked for.
+
+    With ``download=True``, a split found in none of the layouts is downloaded first by
+    :func:`~perturbnn.repro.data.download.download_dataset` (torchvision's URLs and MD5
+    checks, into a temporary folder, then moved into ``data_dir``); a split that is there is
+    never downloaded again. ``data_dir=None`` then means ``$PERTURBNN_DATA_DIR``, else
+    ``./data``.
 
     Args:
         name: one of :data:`DATASETS`, case-insensitive.
@@ -415,6 +491,8 @@ def load_dataset(
         train: load the training split if ``True``, else the test split.
         transform: per-image transform on ``uint8`` ``Tensor[channels, height, width]`` (a PIL
             image for ``ImageFolder``). Default: :func:`build_transform` ``(name, train=train)``.
+        download: download the split if it is missing (not for ``ImageFolder``). Default:
+            ``False``.
 
     Returns:
         ArrayImageDataset (``ImageFolder``: ``torchvision.datasets.ImageFolder``): items are
@@ -423,10 +501,12 @@ def load_dataset(
         (``uint8``).
 
     Raises:
-        ValueError: if ``name`` is unknown.
+        ValueError: if ``name`` is unknown, or ``download`` is set for ``ImageFolder``.
         ImportError: if reading the files needs a package that is missing (SVHN: scipy).
         DataNotFoundError: (a ``FileNotFoundError``) if no complete layout is found; the
-            message lists every path looked at and how to get the data.
+            message says how to get the data, then where it was looked for.
+        DataDownloadError: (a ``DataNotFoundError``) if ``download`` is set and the download
+            fails; the message gives the reason and where to put the files by hand.
         DataCorruptError: (a ``ValueError``) if a file or folder cannot be read or holds the
             wrong arrays; the message names it.
 
@@ -440,7 +520,14 @@ def load_dataset(
     spec = _spec(name)
     if not isinstance(train, bool):
         raise TypeError(f"train must be a bool, got {type(train).__name__} {train!r}")
-    root = resolve_data_dir(data_dir)
+    if not isinstance(download, bool):
+        raise TypeError(f"download must be a bool, got {type(download).__name__} {download!r}")
+    if download and spec.info.name == "ImageFolder":
+        raise ValueError(
+            "download must be False for ImageFolder: a folder of class subfolders cannot be "
+            "downloaded"
+        )
+    root = resolve_data_dir(data_dir, download=download)
     start = time.perf_counter()
     looked: list[tuple[Path, bool]] = []
     arrays: Optional[_Arrays] = None
@@ -472,6 +559,12 @@ def load_dataset(
             if ok:
                 arrays, source = _load_torchvision(spec, tv_root, train), marker
                 break
+    if arrays is None and download:
+        from perturbnn.repro.data.download import download_dataset
+
+        tv_root = download_dataset(spec.info.name, root, train=train)
+        arrays = _load_torchvision(spec, tv_root, train)
+        source = tv_root / spec.torchvision_marker[train]
     if arrays is None:
         raise _not_found(spec, root, train, looked)
 

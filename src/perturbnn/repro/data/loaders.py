@@ -149,6 +149,7 @@ def make_loaders(
     train_sampler: Optional[Sampler[Any]] = None,
     test_sampler: Optional[Sampler[Any]] = None,
     pin_memory: bool = False,
+    download: bool = False,
 ) -> tuple[DataLoader[Any], DataLoader[Any]]:
     """Build the training and test loaders.
 
@@ -176,6 +177,8 @@ def make_loaders(
             ``DistributedSampler``); it replaces the shuffling.
         test_sampler: a sampler for the test set.
         pin_memory: passed to both loaders. Default: ``False``.
+        download: download a named data set that is missing (see :func:`load_dataset`).
+            Default: ``False``.
 
     Returns:
         tuple[DataLoader, DataLoader]: ``(train_loader, test_loader)``; batches are
@@ -215,12 +218,12 @@ def make_loaders(
                 f"({info_train.name}) and {named_test} ({info_test.name})"
             )
     train_set: Dataset[Any] = (
-        load_dataset(dataset_train, data_dir, train=True)
+        load_dataset(dataset_train, data_dir, train=True, download=download)
         if isinstance(dataset_train, str)
         else dataset_train
     )
     test_set: Dataset[Any] = (
-        load_dataset(dataset_test, data_dir, train=False)
+        load_dataset(dataset_test, data_dir, train=False, download=download)
         if isinstance(dataset_test, str)
         else dataset_test
     )
