@@ -142,7 +142,7 @@ def _help_entry(help_text: str, flag: str) -> str:
 @pytest.mark.parametrize(
     ("parser", "flag"),
     [
-        (train_cli.build_parser(), "--first_filter_size"),
+        (train_cli.build_parser(), "--first-filter-size"),
         (train_cli.build_parser(), "--out-dir"),
         (train_cli.build_parser(), "--data-dir"),
         (train_cli.build_parser(), "--nepochs"),
@@ -167,7 +167,7 @@ def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -
 
 def test_name_flags_rewrites_field_names_only() -> None:
     flags = flag_names(train_cli.build_parser())
-    assert flags["test_subset"] == "--test-subset" and flags["noise_type"] == "--noise_type"
+    assert flags["test_subset"] == "--test-subset" and flags["noise_type"] == "--noise-type"
     assert name_flags("test_subset must be in 1..10 (x), got 11", flags).startswith(
         "--test-subset must"
     )
