@@ -154,11 +154,9 @@ _NOISE_OPTIONS = frozenset(
 def resnet18(**options: Unpack[ModelOptions]) -> ResNet:
     """The CIFAR ResNet-18 baseline (3x3 convolutions), width ``nfilters``: not torchvision's.
 
-    This is the CIFAR variant of ResNet-18, made for 32x32 inputs: its stem is one 3x3
-    convolution of stride 1 with no max pooling, so the first stage sees the full 32x32 map.
-    ``torchvision.models.resnet18`` is the ImageNet variant (7x7 stride-2 stem and 3x3 max
-    pooling, for 224x224 inputs), with other shapes and another parameter count; the name is
-    shared because the independent reproduction's ``--net-type resnet18`` means this network.
+    The CIFAR variant, for 32x32 inputs: one 3x3 stride-1 stem convolution, no max pooling.
+    ``torchvision.models.resnet18`` is the ImageNet one (7x7 stride-2 stem and max pooling, for
+    224x224 inputs); the name is the independent reproduction's ``--net-type resnet18``.
 
     Stem: 3x3 convolution + BatchNorm + ReLU; stages of ``nfilters * (1, 2, 4, 8)`` channels
     with strided 3x3 convolutions; 1x1 shortcut convolutions without bias. The seed's experiment

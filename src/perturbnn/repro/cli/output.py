@@ -13,6 +13,7 @@
   :class:`~perturbnn.repro.config.RunConfig` field, ``test_subset``) with the flag the user
   typed (``--test-subset``), as :func:`flag_names` finds it.
 * :func:`plural`: ``1 epoch``, ``2 epochs``.
+* :func:`add_progress_flag`: ``--progress/--no-progress``, the same on every command.
 * :func:`threads_arg`: the ``type`` of ``--threads`` (a positive int); :func:`add_threads_flag`
   adds it and ``--threads-from`` (mutually exclusive), the same on every command.
 """
@@ -28,10 +29,12 @@ from typing import Any, Callable, NoReturn, Optional
 from perturbnn._suggest import did_you_mean
 
 __all__ = [
+    "PROGRESS_HELP",
     "REPLAY_ONE_RUN",
     "HelpFormatter",
     "Parser",
     "add_alias",
+    "add_progress_flag",
     "add_threads_flag",
     "choice",
     "echo",
@@ -208,6 +211,26 @@ def add_threads_flag(
     )
 
 
+#: ``--progress``'s help, the same on every command (``demo`` spells it out in its parser).
+PROGRESS_HELP = (
+    "tqdm progress bars on stderr, drawn only when it is a terminal (they never change the "
+    "numbers)"
+)
+
+
+def add_progress_flag(parser: argparse.ArgumentParser, *, default: Any = True) -> None:
+    """Add ``--progress/--no-progress`` (bars on by default, drawn on a terminal only), as
+    every command (``demo``, ``train``, ``reproduce``) has it.
+
+    Args:
+        parser: the parser.
+        default: ``True``, or ``argparse.SUPPRESS`` to set it only when typed.
+    """
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=default, help=PROGRESS_HELP
+    )
+
+
 def flag_names(
     parser: argparse.ArgumentParser, typed: Optional[Sequence[str]] = None
 ) -> dict[str, str]:
@@ -229,9 +252,10 @@ def flag_names(
         if shown and action.dest != "help":
             flags.setdefault(action.dest, action.option_strings[0])
     for arg in typed or ():
-        action = parser._option_string_actions.get(arg.split("=", 1)[0])
-        if action is not None and action.dest in flags:
-            flags[action.dest] = arg.split("=", 1)[0]
+        flag = arg.split("=", 1)[0]
+        found = parser._option_string_actions.get(flag)
+        if found is not None and found.dest in flags:
+            flags[found.dest] = flag
     return flags
 
 

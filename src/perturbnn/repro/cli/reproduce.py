@@ -47,6 +47,7 @@ from typing import Any, Optional
 from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
 from perturbnn.repro.cli.output import (
     Parser,
+    add_progress_flag,
     add_threads_flag,
     choice,
     echo,
@@ -227,13 +228,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="run of the metric-error section; None: 'original' (the network of the seed's own "
         "metric comparison) if it ran",
     )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="tqdm progress bars on stderr, drawn only when it is a terminal (they never "
-        "change the numbers)",
-    )
+    add_progress_flag(parser)
     add_threads_flag(
         parser,
         replay_source="an earlier reproduce's --out-dir (each run replays the record of the "

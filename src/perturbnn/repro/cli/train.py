@@ -54,6 +54,7 @@ from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
 from perturbnn.repro.cli.output import (
     Parser,
     add_alias,
+    add_progress_flag,
     add_threads_flag,
     choice,
     echo,
@@ -252,13 +253,7 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
     add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     add("--num-workers", type=int, default=defaults.num_workers, help="data loader workers")
     add_threads_flag(parser, default=argparse.SUPPRESS if suppress_defaults else None)
-    add(
-        "--progress",
-        default=defaults.progress,
-        action=boolean,
-        help="tqdm progress bars on stderr, drawn only when it is a terminal (they never "
-        "change the numbers)",
-    )
+    add_progress_flag(parser, default=argparse.SUPPRESS if suppress_defaults else True)
     add(
         "--sync-bn",
         default=False,
