@@ -46,7 +46,7 @@ for name in ("baseline", "no-noise-1x1", "pnn-fanout64-shared"):
     cfg = RunConfig.from_experiment(name, device="cuda")
     set_seed(cfg.manual_seed)
     model = build_model(
-        cfg.net_type, **cfg.model_config(in_channels=3, input_size=32, nclasses=10)
+        cfg.net_type, **cfg.model_config(in_channels=3, input_size=32, num_classes=10)
     )
     model = init_weights_(model).cuda()
     opt = make_optimizer(

@@ -6,12 +6,13 @@ of range, with a message that names the argument, the value received and what is
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable
 from typing import Optional, Union
 
 import torch
+
+from perturbnn._suggest import did_you_mean
 
 __all__ = [
     "check_batch",
@@ -77,8 +78,8 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be one of {valid}, got {type(value).__name__} {value!r}")
     if value not in valid:
-        close = difflib.get_close_matches(value, valid, n=3)
-        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        hint = did_you_mean(value, valid)
+        hint = f" ({hint})" if hint else ""
         raise ValueError(f"{name} must be one of {valid}, got {value!r}{hint}")
     return value
 

@@ -75,9 +75,10 @@ PARAMETER_TABLE = [
 ]
 
 
+@pytest.mark.parametrize("classes", ["num_classes", "nclasses"])  # the name, and its alias
 @pytest.mark.parametrize(("name", "options", "parameters", "mask_values"), PARAMETER_TABLE)
-def test_seed_parameter_table(name, options, parameters, mask_values):
-    model = build_model(name, level=0.5, nclasses=10, input_size=32, device="meta", **options)
+def test_seed_parameter_table(name, options, parameters, mask_values, classes):
+    model = build_model(name, level=0.5, input_size=32, device="meta", **{classes: 10}, **options)
     assert count_parameters(model) == parameters
     assert count_mask_values(model) == mask_values
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -204,6 +205,54 @@ def test_same_generator_seed_same_model_masks():
 def test_builder_errors(name, options, exception, match):
     with pytest.raises(exception, match=match):
         build_model(name, **options)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_builder_takes_num_classes_and_its_alias_nclasses(name):
+    builder = getattr(perturbnn, name)
+    for options in ({"num_classes": 7}, {"nclasses": 7}, {"num_classes": 7, "nclasses": 7}):
+        model = builder(nfilters=4, input_size=32, device="meta", **options)
+        assert model.config.num_classes == model.config.nclasses == 7
+        heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        assert heads[-1].out_features == 7
+    with pytest.raises(ValueError, match=r"num_classes=7 and nclasses=5") as info:
+        builder(nfilters=4, num_classes=7, nclasses=5)
+    assert "give one of them" in str(info.value)
+    with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
+        build_model(name, num_classes=0)
+    with pytest.raises(TypeError, match="num_classes must be a positive int, got str"):
+        build_model(name, num_classes="10")
+
+
+def test_build_model_with_timm_and_torchvision_keyword():
+    model = build_model("perturb_resnet18", num_classes=10, nfilters=4)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert build_model("lenet", num_classes=3, nfilters=4)(torch.randn(2, 3, 32, 32)).shape == (
+        2,
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("num_clases", "num_classes"), ("nmask", "nmasks"), ("first-filter-size", "first_filter_size")],
+)
+def test_unknown_builder_option_is_a_type_error_with_a_guess(typo, meant):
+    with pytest.raises(TypeError, match=rf"unknown option\(s\) \['{typo}'\]") as info:
+        build_model("perturb_resnet18", **{typo: 1})
+    assert f"did you mean '{meant}'?" in str(info.value)
+    with pytest.raises(TypeError) as info:
+        build_model("perturb_resnet18", colour=1)
+    assert "did you mean" not in str(info.value) and "valid options:" in str(info.value)
+
+
+def test_resnet18_says_it_is_the_cifar_variant():
+    assert "CIFAR" in perturbnn.resnet18.__doc__.splitlines()[0]
+    assert "not torchvision's ImageNet" in list_models.__doc__
+    model = build_model("resnet18", nfilters=4)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())  # no stem pool
+    conv = model.stem[0]
+    assert (conv.kernel_size, conv.stride) == ((3, 3), (1, 1))
 
 
 def test_builder_dtype_and_device_factory_kwargs():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +19,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from perturbnn.repro import progress as progress_mod
+from perturbnn.repro.cli import demo as demo_cli
 from perturbnn.repro.cli import main as cli_main
 from perturbnn.repro.cli import reproduce as reproduce_cli
 from perturbnn.repro.cli import train as train_cli
 from perturbnn.repro.cli.output import choice, flag_names, name_flags, plural
+from perturbnn.repro.config import RunConfig
+from perturbnn.repro.experiments import EXPERIMENTS
 from perturbnn.repro.fit import fit
 from perturbnn.repro.optim import make_optimizer
 
@@ -142,7 +146,7 @@ def _help_entry(help_text: str, flag: str) -> str:
 @pytest.mark.parametrize(
     ("parser", "flag"),
     [
-        (train_cli.build_parser(), "--first_filter_size"),
+        (train_cli.build_parser(), "--first-filter-size"),
         (train_cli.build_parser(), "--out-dir"),
         (train_cli.build_parser(), "--data-dir"),
         (train_cli.build_parser(), "--nepochs"),
@@ -167,7 +171,7 @@ def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -
 
 def test_name_flags_rewrites_field_names_only() -> None:
     flags = flag_names(train_cli.build_parser())
-    assert flags["test_subset"] == "--test-subset" and flags["noise_type"] == "--noise_type"
+    assert flags["test_subset"] == "--test-subset" and flags["noise_type"] == "--noise-type"
     assert name_flags("test_subset must be in 1..10 (x), got 11", flags).startswith(
         "--test-subset must"
     )
@@ -308,3 +312,135 @@ def test_reproduce_checks_the_options_before_printing(
     out, err = capsys.readouterr()
     assert out == "" and err.strip() == "error: --nepochs must be a positive int, got 0"
     assert not (tmp_path / "runs").exists()  # no manifest written
+
+
+# ------------------------------------------------------------------------ flag spellings
+
+
+def _kebab(arg: str) -> str:
+    """``--first_filter_size`` -> ``--first-filter-size``, ``--no-unique_masks`` ->
+    ``--no-unique-masks``; values unchanged."""
+    return "--" + arg[2:].replace("_", "-") if arg.startswith("--") else arg
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_the_independent_reproductions_commands_parse_as_their_kebab_spelling(name: str) -> None:
+    """Each of the eight main.py commands runs unchanged, to the same configuration as the
+    kebab-case spelling, and that configuration is the preset's."""
+    argv = shlex.split(EXPERIMENTS[name].seed_command)[2:]  # after "python main.py"
+    kebab = [_kebab(arg) for arg in argv]
+    assert not any("_" in arg for arg in kebab if arg.startswith("--"))
+    parser = train_cli.build_parser()
+    assert vars(parser.parse_args(argv)) == vars(parser.parse_args(kebab))
+    explicit = train_cli.build_parser(suppress_defaults=True)
+    assert vars(explicit.parse_args(argv)) == vars(explicit.parse_args(kebab))
+    old = train_cli.resolve_config([*argv, "--out-dir", "x"])
+    new = train_cli.resolve_config([*kebab, "--out-dir", "x"])
+    assert old == new
+    assert new == RunConfig.from_experiment(name, out_dir="x").replace(experiment=None)
+
+
+def test_old_spellings_are_hidden_and_set_the_same_field() -> None:
+    parser = train_cli.build_parser()
+    shown = parser.shown_flags()  # type: ignore[attr-defined]
+    assert "--first-filter-size" in shown and "--no-unique-masks" in shown
+    assert not [flag for flag in shown if "_" in flag]
+    options = [line for line in parser.format_help().splitlines() if line.startswith("  -")]
+    assert not [line for line in options if "_" in line.split()[0]], options
+    for old, new, value in [
+        (["--first_filter_size", "5"], ["--first-filter-size", "5"], 5),
+        (["--no-unique_masks"], ["--no-unique-masks"], False),
+        (["--train_masks"], ["--train-masks"], True),
+        (["--noise_type", "normal"], ["--noise-type", "normal"], "normal"),
+        (["--scale_noise", "2"], ["--scale-noise", "2"], 2.0),
+    ]:
+        assert vars(parser.parse_args(old)) == vars(parser.parse_args(new))
+        dest = new[0][2:].replace("-", "_").removeprefix("no_")
+        assert getattr(parser.parse_args(old), dest) == value
+    # an alias does not set its field unless typed: the default stands
+    assert train_cli.build_parser().parse_args([]).unique_masks is True
+    assert "unique_masks" not in vars(train_cli.build_parser(suppress_defaults=True).parse_args([]))
+
+
+def test_flag_names_name_the_flag_typed_or_the_kebab_spelling() -> None:
+    parser = train_cli.build_parser()
+    assert flag_names(parser)["unique_masks"] == "--unique-masks"  # not --no-unique-masks
+    assert flag_names(parser)["first_filter_size"] == "--first-filter-size"
+    typed = flag_names(parser, ["--first_filter_size", "4", "--noise-type=x"])
+    assert typed["first_filter_size"] == "--first_filter_size"
+    assert typed["noise_type"] == "--noise-type"
+    message = "first_filter_size must be 0 (perturbation layer) or an odd kernel size, got 4"
+    assert name_flags(message, typed).startswith("--first_filter_size must be 0")
+
+
+@pytest.mark.parametrize("typed", ["--noise_type", "--noise-type"])
+def test_a_bad_value_is_reported_under_the_flag_typed(run_train: Any, typed: str) -> None:
+    status, out, err = run_train(typed, "gauss", "--data-dir", str(DATA_DIR))
+    assert status == 2 and out == ""
+    assert err.startswith(f"error: {typed} must be one of ['normal', 'uniform'], got 'gauss'")
+
+
+def _parsers() -> dict[str, Any]:
+    return {
+        "demo": demo_cli.build_parser(),
+        "train": train_cli.build_parser(),
+        "reproduce": reproduce_cli.build_parser(),
+    }
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "reproduce"])
+def test_progress_and_no_progress_on_every_command(command: str) -> None:
+    parser = _parsers()[command]
+    assert parser.parse_args([]).progress is True  # bars by default, on a terminal only
+    assert parser.parse_args(["--no-progress"]).progress is False
+    assert parser.parse_args(["--progress"]).progress is True
+    assert "--progress, --no-progress" in parser.format_help()
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "reproduce"])
+def test_unknown_flag_gets_a_guess_or_none(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = _parsers()[command]
+
+    def error(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(list(argv))
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "usage:" not in err, err
+        return err
+
+    assert "did you mean --progress?" in error("--progres")
+    assert "did you mean --data-dir?" in error("--data_dir", "x")
+    assert "did you mean --no-progress?" in error("--no-progres")
+    nonsense = error("--colour", "red")
+    assert "unrecognized arguments: --colour red" in nonsense and "did you mean" not in nonsense
+    # not abbreviated: an unfinished flag is an error with a guess, not taken silently
+    assert "did you mean --threads or --threads-from?" in error("--thread", "2")
+
+
+def test_unknown_train_flag_suggests_the_kebab_spelling(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, guess in [
+        (["--first-filter", "3"], "--first-filter-size"),
+        (["--first_filter", "3"], "--first-filter-size"),  # the shown spelling, not the alias
+        (["--nepoch", "3"], "--nepochs"),
+        (["--unique-mask"], "--unique-masks"),
+    ]:
+        with pytest.raises(SystemExit):
+            train_cli.build_parser().parse_args(argv)
+        err = capsys.readouterr().err
+        assert f"unrecognized arguments: {' '.join(argv)}; did you mean {guess}" in err, err
+    with pytest.raises(SystemExit):
+        train_cli.build_parser().parse_args(["--first-filter=3", "--nepoch", "2"])
+    err = capsys.readouterr().err
+    assert "--first-filter: did you mean --first-filter-size?" in err
+    assert "--nepoch: did you mean --nepochs?" in err
+
+
+def test_unknown_experiment_is_suggested_only_when_close(run_train: Any) -> None:
+    status, out, err = run_train("--experiment", "pnn-nonexistent", "--data-dir", str(DATA_DIR))
+    assert status == 2 and out == ""
+    assert "unknown experiment 'pnn-nonexistent'" in err and "Did you mean" not in err
+    status, out, err = run_train("--experiment", "basline", "--data-dir", str(DATA_DIR))
+    assert status == 2 and "Did you mean 'baseline'?" in err

@@ -107,6 +107,30 @@ def test_unknown_name_suggests_close_matches_first() -> None:
         assert name in message
 
 
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("basline", ["baseline"]),
+        ("orignal", ["original"]),
+        ("no-noise", ["no-noise-1x1"]),  # the start of a name
+        ("pnn-fanout64-shared-traind", ["pnn-fanout64-shared-trained"]),  # closest first
+        ("pnn-nonexistent", []),  # nothing close: no suggestion, not 'no-noise-1x1'
+        ("resnet18", []),
+        ("xyz", []),
+    ],
+)
+def test_suggestions_are_close_names_or_none(typed: str, meant: list[str]) -> None:
+    with pytest.raises(ValueError) as info:
+        get_experiment(typed)
+    message = str(info.value)
+    head = message.split("Valid names")[0]
+    if meant:
+        assert f"Did you mean {' or '.join(repr(m) for m in meant)}" in head, message  # first
+    else:
+        assert "Did you mean" not in message, message
+        assert all(name not in head for name in list_experiments()), message
+
+
 @given(st.text(max_size=30).filter(lambda s: s not in EXPERIMENTS))
 def test_any_unknown_name_is_a_value_error(name: str) -> None:
     with pytest.raises(ValueError, match="Valid names: baseline, original"):

@@ -503,6 +503,10 @@ def test_run_config_from_experiment_and_validation() -> None:
     assert config.nepochs == 150 and config.optim_method == "SGD"  # seed defaults
     options = config.model_config(in_channels=3, input_size=32, nclasses=10)
     assert options["nmasks"] == 64 and options["in_channels"] == 3
+    assert options["num_classes"] == 10 and "nclasses" not in options  # timm's name
+    assert config.model_config(in_channels=3, input_size=32, num_classes=10) == options
+    with pytest.raises(ValueError, match="num_classes=10 and nclasses=5"):
+        config.model_config(in_channels=3, input_size=32, num_classes=10, nclasses=5)
     assert RunConfig(optim_method="sgd").optim_method == "SGD"
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         RunConfig(batch_size=0)

@@ -1,8 +1,11 @@
 """The options every model builder takes, with the seed's defaults, validated in one place.
 
-Source: the seed's command-line options and defaults (``--nfilters 64 --nmasks 1 --level 0.5
---unique_masks --filter_size 0 --first_filter_size 0 --act relu --pool_type max --dropout 0.5
---noise_type uniform``).
+Source: the independent reproduction's command-line options and defaults (its ``main.py``:
+``--nfilters 64 --nmasks 1 --level 0.5 --unique_masks --filter_size 0 --first_filter_size 0
+--act relu --pool_type max --dropout 0.5 --noise_type uniform``).
+
+The number of classes is ``num_classes`` (timm's and torchvision's name); ``nclasses`` (the
+independent reproduction's name) is accepted as an alias.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, Optional, TypedDict, Union
 
 import torch
 
+from perturbnn._suggest import did_you_mean
 from perturbnn._validation import check_bool, check_choice, check_level, check_positive_int
 from perturbnn.activations import ACTIVATIONS
 from perturbnn.functional import IMPLS
@@ -29,6 +33,7 @@ class ModelOptions(TypedDict, total=False):
     """Keyword options of every builder (see :class:`ModelConfig` for their meaning)."""
 
     nfilters: int
+    num_classes: int
     nclasses: int
     nmasks: int
     level: float
@@ -57,7 +62,8 @@ class ModelConfig:
 
     Attributes:
         nfilters: width of the first stage (channels); later stages double it.
-        nclasses: number of classes (logits).
+        nclasses: number of classes (logits); the builders take it as ``num_classes`` (or
+            ``nclasses``), and :attr:`num_classes` reads it.
         nmasks: noise masks per input channel in perturbation layers (fanout).
         level: noise amplitude of perturbation layers.
         filter_size: ``0`` for perturbation layers after the first, else an odd kernel size.
@@ -157,17 +163,34 @@ class ModelConfig:
             used: the options that the network uses; any other option must keep its default.
             defaults: builder-specific defaults that replace the class defaults.
 
+        ``num_classes`` is stored as ``nclasses`` (its alias).
+
         Raises:
-            TypeError: on an unknown option name or a value of the wrong type.
-            ValueError: on an invalid value, or an option that ``model`` does not use set to a
+            TypeError: on an unknown option name (with a "did you mean" when one is close) or a
+                value of the wrong type.
+            ValueError: on an invalid value, on ``num_classes`` and ``nclasses`` both given
+                with different values, or an option that ``model`` does not use set to a
                 value other than its default.
         """
         fields = {f.name: f.default for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - set(fields))
+        valid = sorted({*fields, "num_classes"})
+        unknown = sorted(set(options) - set(valid))
         if unknown:
+            hints = [did_you_mean(name, valid) for name in unknown]
+            hint = "".join(f" ({name}: {h})" for name, h in zip(unknown, hints) if h)
             raise TypeError(
-                f"{model}() got unknown option(s) {unknown}; valid options: {sorted(fields)}"
+                f"{model}() got unknown option(s) {unknown}{hint}; valid options: {valid}"
             )
+        options = dict(options)
+        if "num_classes" in options:
+            check_positive_int("num_classes", options["num_classes"])
+            if "nclasses" in options and options["nclasses"] != options["num_classes"]:
+                raise ValueError(
+                    f"{model}() got num_classes={options['num_classes']!r} and "
+                    f"nclasses={options['nclasses']!r}: nclasses is another name of "
+                    "num_classes; give one of them"
+                )
+            options["nclasses"] = options.pop("num_classes")
         merged = {**fields, **(defaults or {}), **options}
         config = cls(**merged)
         always = {
@@ -189,6 +212,11 @@ class ModelConfig:
                     f"{model} does not use option {name!r}; it must keep its default {default!r}, got {value!r}"
                 )
         return config
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes (logits): ``nclasses`` under timm's and torchvision's name."""
+        return self.nclasses
 
     @property
     def factory_kwargs(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ class PlainNet(nn.Module):
     """``features`` (layers and poolings), flatten, then the seed's two-layer ``classifier``.
 
     ``classifier``: ``Dropout -> Linear(nfeatures, hidden) -> BatchNorm1d(hidden) -> activation
-    -> Dropout -> Linear(hidden, nclasses)``, both dropouts with probability ``config.dropout``
+    -> Dropout -> Linear(hidden, num_classes)``, both dropouts with probability ``config.dropout``
     (one module, as in the seed) and the activation a new module of ``config.act``. With
     ``config.input_size=None`` the first linear layer is an ``nn.LazyLinear`` sized by the first
     input (``nfeatures`` is then ignored), like the lazy noise masks of ``features``;
@@ -39,7 +39,7 @@ class PlainNet(nn.Module):
         - Input: ``Tensor[batch_size, in_channels, input_size, input_size]``; with
           ``input_size=None`` any height and width of at least 8 pixels after the first layer,
           fixed by the first input.
-        - Output: logits ``Tensor[batch_size, nclasses]``.
+        - Output: logits ``Tensor[batch_size, num_classes]``.
     """
 
     def __init__(

@@ -22,7 +22,7 @@ def cifarnet(**options: Unpack[ModelOptions]) -> PlainNet:
     Layers are :class:`~perturbnn.PerturbLayer` s (``first_filter_size`` for the first,
     ``filter_size`` with the activation inside for the others); each pair is followed by 3x3
     stride-2 pooling (padding 1); then flatten and the head ``Dropout -> Linear(nfilters * 4 *
-    4, 256) -> BatchNorm1d(256) -> activation -> Dropout -> Linear(256, nclasses)``. Works on
+    4, 256) -> BatchNorm1d(256) -> activation -> Dropout -> Linear(256, num_classes)``. Works on
     32x32 RGB and 28x28 grayscale. With ``nfilters=64, first_filter_size=3, filter_size=3`` on
     32x32x3 it has 452,298 trainable parameters, as the seed's. With ``input_size=None`` (the default) the
     network is lazy: the first forward draws the masks and sizes the first linear layer (an

@@ -22,7 +22,7 @@ def lenet(**options: Unpack[ModelOptions]) -> PlainNet:
     Layers are :class:`~perturbnn.PerturbLayer` s (``first_filter_size`` for the first,
     ``filter_size`` with the activation inside for the others), each followed by 3x3 stride-2
     pooling (padding 1), then flatten and the head ``Dropout -> Linear(nfilters * 4 * 4, 128) ->
-    BatchNorm1d(128) -> activation -> Dropout -> Linear(128, nclasses)``. Works on 32x32 RGB
+    BatchNorm1d(128) -> activation -> Dropout -> Linear(128, num_classes)``. Works on 32x32 RGB
     (CIFAR-10) and 28x28 grayscale (MNIST, ``in_channels=1, input_size=28``). With
     ``nfilters=64`` and perturbation layers throughout on 32x32x3 it has 141,706 trainable
     parameters, as the seed's. With ``input_size=None`` (the default) the
@@ -37,7 +37,7 @@ def lenet(**options: Unpack[ModelOptions]) -> PlainNet:
 
     Returns:
         A :class:`~perturbnn.models.PlainNet` mapping ``Tensor[B, in_channels, input_size,
-        input_size]`` to ``Tensor[B, nclasses]``.
+        input_size]`` to ``Tensor[B, num_classes]``.
 
     Raises:
         TypeError, ValueError: on an invalid option or an input smaller than 8 pixels.

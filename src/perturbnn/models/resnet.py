@@ -54,7 +54,7 @@ class ResNet(nn.Module):
     Shape:
         - Input: ``Tensor[batch_size, in_channels, input_size, input_size]`` (any height and
           width with ``input_size=None``; the first input fixes it).
-        - Output: logits ``Tensor[batch_size, nclasses]``.
+        - Output: logits ``Tensor[batch_size, num_classes]``.
     """
 
     def __init__(
@@ -152,7 +152,11 @@ _NOISE_OPTIONS = frozenset(
 
 @register_model
 def resnet18(**options: Unpack[ModelOptions]) -> ResNet:
-    """The standard CIFAR ResNet-18 baseline (3x3 convolutions), width ``nfilters``.
+    """The CIFAR ResNet-18 baseline (3x3 convolutions), width ``nfilters``: not torchvision's.
+
+    The CIFAR variant, for 32x32 inputs: one 3x3 stride-1 stem convolution, no max pooling.
+    ``torchvision.models.resnet18`` is the ImageNet one (7x7 stride-2 stem and max pooling, for
+    224x224 inputs); the name is the independent reproduction's ``--net-type resnet18``.
 
     Stem: 3x3 convolution + BatchNorm + ReLU; stages of ``nfilters * (1, 2, 4, 8)`` channels
     with strided 3x3 convolutions; 1x1 shortcut convolutions without bias. The seed's experiment
@@ -161,13 +165,13 @@ def resnet18(**options: Unpack[ModelOptions]) -> ResNet:
     Source: He et al., CVPR 2016; seed experiment 1 (``--net-type resnet18 --nfilters 44``).
 
     Args:
-        **options: ``nfilters``, ``nclasses``, ``input_size``, ``in_channels``, ``device``,
-            ``dtype``; ``impl`` is accepted and ignored (no perturbation layers); the noise
+        **options: ``nfilters``, ``num_classes`` (alias ``nclasses``), ``input_size``,
+            ``in_channels``, ``device``, ``dtype``; ``impl`` is accepted and ignored (no perturbation layers); the noise
             options are unused and must keep their defaults.
 
     Returns:
         A :class:`ResNet` mapping ``Tensor[B, in_channels, input_size, input_size]`` to
-        ``Tensor[B, nclasses]``.
+        ``Tensor[B, num_classes]``.
 
     Raises:
         TypeError, ValueError: on an unknown or invalid option.
@@ -342,7 +346,7 @@ def noiseresnet18(**options: Unpack[ModelOptions]) -> ResNet:
     Source: PNN, CVPR 2018 (the authors' ``noiseresnet18``); seed experiments 2 and 3.
 
     Args:
-        **options: ``nfilters``, ``nclasses``, ``level``, ``first_filter_size`` (7 or 3),
+        **options: ``nfilters``, ``num_classes`` (alias ``nclasses``), ``level``, ``first_filter_size`` (7 or 3),
             ``act``, ``pool_type``, ``unique_masks``, ``train_masks``, ``noise_type``,
             ``input_size`` (``None``: lazy masks, any size), ``in_channels``, ``generator``,
             ``device``, ``dtype``; ``impl`` is accepted and ignored (its noise layers have no
@@ -466,7 +470,7 @@ def perturb_resnet34(**options: Unpack[ModelOptions]) -> ResNet:
     """:func:`perturb_resnet18` with (3, 4, 6, 3) blocks per stage.
 
     With ``filter_size=3, first_filter_size=7`` it has exactly the parameters of torchvision's
-    ResNet-34 (21,797,672 for ``nclasses=1000``).
+    ResNet-34 (21,797,672 for ``num_classes=1000``).
 
     Source: the seed's ``perturb_resnet18`` deepened as He et al., CVPR 2016, Table 1.
 
@@ -494,7 +498,7 @@ def perturb_resnet50(**options: Unpack[ModelOptions]) -> ResNet:
     Stem as :func:`perturb_resnet18`; each bottleneck's middle layer follows ``filter_size``
     (0: perturbation layer, the PNN), ``nmasks`` and the noise options; output
     ``8 * 4 * nfilters`` features. With ``filter_size=3, first_filter_size=7`` it has exactly
-    the parameters of torchvision's ResNet-50 (25,557,032 for ``nclasses=1000``).
+    the parameters of torchvision's ResNet-50 (25,557,032 for ``num_classes=1000``).
 
     Source: He et al., CVPR 2016 (ResNet-50); PNN, CVPR 2018 (perturbation layers in place of
     3x3 convolutions).

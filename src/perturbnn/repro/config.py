@@ -34,7 +34,7 @@ __all__ = ["MACHINE_FIELDS", "MODEL_OPTIONS", "RESUME_FIELDS", "RunConfig", "def
 
 
 #: :class:`RunConfig` fields passed to :func:`perturbnn.build_model` (with ``in_channels``,
-#: ``input_size`` and ``nclasses`` from the data set).
+#: ``input_size`` and ``num_classes`` from the data set).
 MODEL_OPTIONS: tuple[str, ...] = (
     "nfilters",
     "nmasks",
@@ -238,23 +238,43 @@ class RunConfig:
         """All fields as a plain dict."""
         return dataclasses.asdict(self)
 
-    def model_config(self, *, in_channels: int, input_size: int, nclasses: int) -> dict[str, Any]:
+    def model_config(
+        self,
+        *,
+        in_channels: int,
+        input_size: int,
+        num_classes: Optional[int] = None,
+        nclasses: Optional[int] = None,
+    ) -> dict[str, Any]:
         """Keyword options for :func:`perturbnn.build_model` (:data:`MODEL_OPTIONS` plus shape).
 
         Args:
             in_channels (int): image channels of the data set.
             input_size (int): image side, pixels.
-            nclasses (int): number of classes.
+            num_classes (int): number of classes (``nclasses``: the same, its older name; give
+                one).
 
         Returns:
-            dict[str, Any]: the options.
+            dict[str, Any]: the options, the number of classes as ``num_classes``.
+
+        Raises:
+            TypeError: if neither ``num_classes`` nor ``nclasses`` is given.
+            ValueError: if both are given with different values.
         """
+        if num_classes is None and nclasses is None:
+            raise TypeError("model_config() needs num_classes")
+        if num_classes is not None and nclasses is not None and num_classes != nclasses:
+            raise ValueError(
+                f"model_config() got num_classes={num_classes!r} and nclasses={nclasses!r}: "
+                "nclasses is another name of num_classes; give one of them"
+            )
+        classes = num_classes if num_classes is not None else nclasses
         # ``None`` leaves an option to the builder (first_filter_size: 0, noiseresnet18: 7).
         options = {
             name: getattr(self, name) for name in MODEL_OPTIONS if getattr(self, name) is not None
         }
         options.update(
-            in_channels=in_channels, input_size=input_size, nclasses=nclasses, impl=self.impl
+            in_channels=in_channels, input_size=input_size, num_classes=classes, impl=self.impl
         )
         return options
 

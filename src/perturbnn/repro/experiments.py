@@ -21,11 +21,12 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from perturbnn._suggest import did_you_mean
 
 __all__ = ["EXPERIMENTS", "Experiment", "get_experiment", "list_experiments"]
 
@@ -232,16 +233,17 @@ def get_experiment(name: str) -> Experiment:
         Experiment: the frozen preset.
 
     Raises:
-        ValueError: if ``name`` is unknown; the message lists close matches first, then
-            all valid names.
+        ValueError: if ``name`` is unknown; the message gives the close matches, if any
+            (:func:`perturbnn._suggest.close_matches`: a typo or the start of a name, not
+            anything else), then all valid names.
     """
     try:
         return EXPERIMENTS[name]
     except (KeyError, TypeError):
         pass
     names = list_experiments()
-    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(str(name), names)
+    hint = f" {hint[0].upper()}{hint[1:]}" if hint else ""
     raise ValueError(
         f"unknown experiment {name!r}.{hint} Valid names: {', '.join(names)}"
     ) from None

@@ -156,7 +156,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument("--manual-seed", type=int, default=1, help="the run's seed")
     add_threads_flag(parser)
-    parser.add_argument("--progress", action="store_true", help="show tqdm bars")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="tqdm progress bars on stderr, drawn only when it is a terminal (they never "
+        "change the numbers)",
+    )
     return parser
 
 

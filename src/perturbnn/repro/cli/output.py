@@ -3,13 +3,17 @@
 * :func:`echo`: one line to stdout (or stderr), looked up at call time so that redirections
   and test captures see it.
 * :class:`Parser`: an ``argparse.ArgumentParser`` whose errors are one line (``prog: error:
-  ...``) instead of the usage block, and whose ``--help`` shows each default once.
+  ...``) instead of the usage block, that answers an unknown flag with a "did you mean", that
+  takes no abbreviated flags, and whose ``--help`` shows each default once.
+* :func:`add_alias`: a hidden second spelling of a flag (the independent reproduction's
+  ``--first_filter_size`` for ``--first-filter-size``), accepted but not shown in ``--help``.
 * :func:`choice`: an argparse ``type`` for a flag with a fixed set of names; a bad name is
   answered with the valid names and a "did you mean".
 * :func:`name_flags`: rewrites an error message of the library (which names the
   :class:`~perturbnn.repro.config.RunConfig` field, ``test_subset``) with the flag the user
-  typed (``--test-subset``).
+  typed (``--test-subset``), as :func:`flag_names` finds it.
 * :func:`plural`: ``1 epoch``, ``2 epochs``.
+* :func:`add_progress_flag`: ``--progress/--no-progress``, the same on every command.
 * :func:`threads_arg`: the ``type`` of ``--threads`` (a positive int); :func:`add_threads_flag`
   adds it and ``--threads-from`` (mutually exclusive), the same on every command.
 """
@@ -17,16 +21,20 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import re
 import sys
-from collections.abc import Iterable, Mapping
-from typing import Any, Callable, NoReturn
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Callable, NoReturn, Optional
+
+from perturbnn._suggest import did_you_mean
 
 __all__ = [
+    "PROGRESS_HELP",
     "REPLAY_ONE_RUN",
     "HelpFormatter",
     "Parser",
+    "add_alias",
+    "add_progress_flag",
     "add_threads_flag",
     "choice",
     "echo",
@@ -60,14 +68,72 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line: ``prog: error: message (see --help)``."""
+    """An argument parser whose errors are one line: ``prog: error: message (see --help)``.
+
+    An unknown flag is answered with the close flags shown in ``--help``
+    (``unrecognized arguments: --first-filter 3; did you mean --first-filter-size?``, by
+    :func:`perturbnn._suggest.close_matches`), or with none when nothing is close. Flags are
+    not abbreviated (``allow_abbrev=False``): ``--first-filter`` is not taken for
+    ``--first-filter-size`` silently, and a new flag cannot change what an old command line means.
+    """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def shown_flags(self) -> list[str]:
+        """Every flag that ``--help`` shows (hidden aliases left out), in its order."""
+        return [
+            flag
+            for action in self._actions
+            if action.help is not argparse.SUPPRESS
+            for flag in action.option_strings
+        ]
+
+    def parse_args(  # type: ignore[override]
+        self, args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None
+    ) -> argparse.Namespace:
+        """``argparse.ArgumentParser.parse_args``, with a "did you mean" for unknown flags."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            typed = [  # the flags among them, not the values or a lone "-"
+                extra.split("=", 1)[0]
+                for extra in extras
+                if extra[:1] in self.prefix_chars and extra not in self.prefix_chars
+            ]
+            hints = []
+            for flag in typed:
+                hint = did_you_mean(flag, self.shown_flags(), quote=False)
+                if hint:
+                    hints.append(hint if len(typed) == 1 else f"{flag}: {hint}")
+            hint = "".join(f"; {h}" for h in hints)
+            self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return parsed
+
+
+def add_alias(parser: argparse.ArgumentParser, alias: str, *flags: str, **kwargs: Any) -> None:
+    """Add ``flags`` with ``kwargs`` (``parser.add_argument``), and ``alias`` as a hidden second
+    spelling: the same destination, accepted, not shown in ``--help`` and never suggested.
+
+    With ``action=argparse.BooleanOptionalAction`` the alias gets its ``--no-`` form too
+    (``--unique_masks`` and ``--no-unique_masks``). The alias sets nothing unless typed (its
+    default is ``argparse.SUPPRESS``), so the flag's default stands.
+
+    Args:
+        parser: the parser.
+        alias: the hidden spelling, e.g. ``"--first_filter_size"``.
+        *flags: the shown spellings, e.g. ``"--first-filter-size"``.
+        **kwargs: ``add_argument``'s keyword arguments for the shown flag.
+    """
+    action = parser.add_argument(*flags, **kwargs)
+    hidden = {k: v for k, v in kwargs.items() if k not in ("help", "default", "dest")}
+    parser.add_argument(
+        alias, dest=action.dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **hidden
+    )
 
 
 def choice(names: Iterable[str], *, what: str = "name") -> Callable[[str], str]:
@@ -87,8 +153,8 @@ def choice(names: Iterable[str], *, what: str = "name") -> Callable[[str], str]:
     def check(value: str) -> str:
         if value in valid:
             return value
-        close = difflib.get_close_matches(value, valid, n=3, cutoff=0.7)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(value, valid)
+        hint = f"; {hint}" if hint else ""
         raise argparse.ArgumentTypeError(
             f"unknown {what} {value!r}{hint} (valid: {', '.join(valid)})"
         )
@@ -145,13 +211,51 @@ def add_threads_flag(
     )
 
 
-def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+#: ``--progress``'s help, the same on every command (``demo`` spells it out in its parser).
+PROGRESS_HELP = (
+    "tqdm progress bars on stderr, drawn only when it is a terminal (they never change the "
+    "numbers)"
+)
+
+
+def add_progress_flag(parser: argparse.ArgumentParser, *, default: Any = True) -> None:
+    """Add ``--progress/--no-progress`` (bars on by default, drawn on a terminal only), as
+    every command (``demo``, ``train``, ``reproduce``) has it.
+
+    Args:
+        parser: the parser.
+        default: ``True``, or ``argparse.SUPPRESS`` to set it only when typed.
+    """
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=default, help=PROGRESS_HELP
+    )
+
+
+def flag_names(
+    parser: argparse.ArgumentParser, typed: Optional[Sequence[str]] = None
+) -> dict[str, str]:
     """``{dest: flag}`` for every optional argument of ``parser`` (``test_subset``:
-    ``--test-subset``), the flag being its longest spelling."""
+    ``--test-subset``).
+
+    Args:
+        parser: the parser.
+        typed: the command line; a flag found there is the one named (the last spelling typed
+            of each destination: ``--first_filter_size`` if the user typed that alias).
+
+    Returns:
+        dict[str, str]: for each destination, the spelling typed, else the first spelling
+        ``--help`` shows (``--unique-masks``, not ``--no-unique-masks``).
+    """
     flags: dict[str, str] = {}
     for action in parser._actions:
-        if action.option_strings and action.dest != "help":
-            flags[action.dest] = max(action.option_strings, key=len)
+        shown = action.option_strings and action.help is not argparse.SUPPRESS
+        if shown and action.dest != "help":
+            flags.setdefault(action.dest, action.option_strings[0])
+    for arg in typed or ():
+        flag = arg.split("=", 1)[0]
+        found = parser._option_string_actions.get(flag)
+        if found is not None and found.dest in flags:
+            flags[found.dest] = flag
     return flags
 
 

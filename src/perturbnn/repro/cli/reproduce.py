@@ -47,6 +47,7 @@ from typing import Any, Optional
 from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
 from perturbnn.repro.cli.output import (
     Parser,
+    add_progress_flag,
     add_threads_flag,
     choice,
     echo,
@@ -241,7 +242,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="run of the metric-error section; None: 'original' (the network of the seed's own "
         "metric comparison) if it ran",
     )
-    parser.add_argument("--progress", action="store_true", help="show tqdm bars")
+    add_progress_flag(parser)
     add_threads_flag(
         parser,
         replay_source="an earlier reproduce's --out-dir (each run replays the record of the "
@@ -430,7 +431,7 @@ def main(argv: Optional[Sequence[str]] = None, *, command: str = PROG) -> int:
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    flags = flag_names(parser)
+    flags = flag_names(parser, arguments)
     args = parser.parse_args(arguments)
     out_dir = Path(args.out_dir)
     names = list(args.only) if args.only else list_experiments()

@@ -1,7 +1,10 @@
-"""``perturbnn-repro train``: one run with the seed's ``main.py`` flags (``examples/cifar10_repro.py``).
+"""``perturbnn-repro train``: one run with the independent reproduction's ``main.py`` flags
+(``examples/cifar10_repro.py``).
 
-It parses the seed's flags (same spelling, same defaults), optionally applies one of the eight
-presets of the reproduction notes, and calls the library. Flags given explicitly on the command
+It parses the independent reproduction's flags (same defaults; spelled with dashes,
+``--first-filter-size``, with that code's own spellings, ``--first_filter_size`` or
+``--no-unique_masks``, accepted as hidden aliases so its commands run unchanged), optionally
+applies one of the eight presets of the reproduction notes, and calls the library. Flags given explicitly on the command
 line override the preset. Every option is checked, and the data, model and optimizer are built
 (:func:`perturbnn.repro.run.prepare_run`), before the configuration is printed: bad input gives
 one ``error:`` line naming the flag, and nothing else.
@@ -40,6 +43,7 @@ import argparse
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -49,6 +53,8 @@ from perturbnn.functional import IMPLS
 from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
 from perturbnn.repro.cli.output import (
     Parser,
+    add_alias,
+    add_progress_flag,
     add_threads_flag,
     choice,
     echo,
@@ -78,17 +84,19 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
     defaults = RunConfig()
     parser = Parser(
         prog=prog,
-        description="Train a PNN or baseline model with the seed's recipe on CIFAR-10 (or "
-        "another of the seed's data sets) and report the exact test accuracy next to the figure "
-        "the original PNN code reported.",
+        description="Train a PNN or baseline model with the recipe of Klachko's independent "
+        "reproduction on CIFAR-10 (or another of its data sets) and report the exact test "
+        "accuracy next to the figure the original PNN code reported. Its main.py spellings "
+        "(--first_filter_size, --no-unique_masks, ...) are accepted too.",
     )
 
-    def add(*flags: str, default: Any, **kwargs: Any) -> None:
-        if not suppress_defaults:
-            kwargs["default"] = default
+    def add(*flags: str, default: Any, alias: Optional[str] = None, **kwargs: Any) -> None:
+        """Add ``flags``; ``alias``: the independent reproduction's spelling, hidden."""
+        kwargs["default"] = argparse.SUPPRESS if suppress_defaults else default
+        if alias is None:
+            parser.add_argument(*flags, **kwargs)
         else:
-            kwargs["default"] = argparse.SUPPRESS
-        parser.add_argument(*flags, **kwargs)
+            add_alias(parser, alias, *flags, **kwargs)
 
     boolean = argparse.BooleanOptionalAction
     add(
@@ -102,15 +110,18 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
         "--list-experiments",
         default=False,
         action="store_true",
-        help="print the presets with their seed command and reported accuracy, then exit",
+        help="print the presets with the independent reproduction's command and reported "
+        "accuracy, then exit",
     )
-    # The seed's flags, spelled as in its main.py.
+    # The independent reproduction's flags (its main.py), spelled with dashes; its own
+    # spellings (--first_filter_size, --no-unique_masks, ...) are hidden aliases.
     add(
         "--net-type",
         default=defaults.net_type,
         type=choice(list_models(), what="model name"),
         metavar="NAME",
-        help=f"model: {', '.join(list_models())}",
+        help=f"model: {', '.join(list_models())} (resnet18 is the CIFAR ResNet-18: 3x3 stem "
+        "without max pooling, for 32x32 images; not torchvision's ImageNet one)",
     )
     datasets = ", ".join(DATASETS)
     add("--dataset-train", default=defaults.dataset_train, help=f"training data set: {datasets}")
@@ -119,33 +130,38 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
     add("--batch-size", type=int, default=defaults.batch_size, help="batch size")
     add("--learning-rate", type=float, default=defaults.learning_rate, help="learning rate")
     add(
-        "--first_filter_size",
+        "--first-filter-size",
+        alias="--first_filter_size",
         type=int,
         default=defaults.first_filter_size,
         help="first layer: 0 = perturbation layer, n > 0 = n x n convolution (default: the "
         "network's own: 0, but 7 for noiseresnet18)",
     )
     add(
-        "--filter_size",
+        "--filter-size",
+        alias="--filter_size",
         type=int,
         default=defaults.filter_size,
         help="other layers: 0 = perturbation layer, n > 0 = n x n convolution",
     )
     add("--nmasks", type=int, default=defaults.nmasks, help="noise masks per input channel")
     add(
-        "--unique_masks",
+        "--unique-masks",
+        alias="--unique_masks",
         action=boolean,
         default=defaults.unique_masks,
         help="a different set of masks for every input channel",
     )
     add(
-        "--train_masks",
+        "--train-masks",
+        alias="--train_masks",
         action=boolean,
         default=defaults.train_masks,
         help="train the noise masks as parameters",
     )
     add(
-        "--mix_maps",
+        "--mix-maps",
+        alias="--mix_maps",
         action=boolean,
         default=defaults.mix_maps,
         help="extra 1x1 mixing convolution in perturbation layers",
@@ -158,15 +174,28 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
         help="how perturbation layers compute (same results): auto (fastest exact path "
         "without compilation), eager, compiled (torch.compile), grouped (literal formulation)",
     )
-    add("--noise_type", default=defaults.noise_type, help="uniform or normal")
+    add(
+        "--noise-type",
+        alias="--noise_type",
+        default=defaults.noise_type,
+        metavar="NAME",
+        help="uniform or normal",
+    )
     add("--level", type=float, default=defaults.level, help="noise level")
     add(
-        "--scale_noise",
+        "--scale-noise",
+        alias="--scale_noise",
         type=float,
         default=defaults.scale_noise,
         help="factor on the noise level of the first layer",
     )
-    add("--pool_type", default=defaults.pool_type, help="max or avg")
+    add(
+        "--pool-type",
+        alias="--pool_type",
+        default=defaults.pool_type,
+        metavar="NAME",
+        help="max or avg",
+    )
     add(
         "--act",
         default=defaults.act,
@@ -175,7 +204,8 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
         help=f"activation function: {', '.join(sorted(ACTIVATIONS))}",
     )
     add(
-        "--use_act",
+        "--use-act",
+        alias="--use_act",
         action=boolean,
         default=defaults.use_act,
         help="activation right after perturbing the input image",
@@ -231,7 +261,7 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
     add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     add("--num-workers", type=int, default=defaults.num_workers, help="data loader workers")
     add_threads_flag(parser, default=argparse.SUPPRESS if suppress_defaults else None)
-    add("--no-progress", default=False, action="store_true", help="no progress bars")
+    add_progress_flag(parser, default=argparse.SUPPRESS if suppress_defaults else True)
     add(
         "--sync-bn",
         default=False,
@@ -241,11 +271,12 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
     return parser
 
 
-def _one_line(exc: BaseException) -> str:
-    """The error as one line, naming the flags the user typed rather than the fields."""
+def _one_line(exc: BaseException, argv: Optional[Sequence[str]] = None) -> str:
+    """The error as one line, naming the flags the user typed (in ``argv``) rather than the
+    fields."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = " ".join(lines) if lines else type(exc).__name__
-    return name_flags(text, flag_names(build_parser()))
+    return name_flags(text, flag_names(build_parser(), argv))
 
 
 def print_experiments() -> None:
@@ -273,8 +304,6 @@ def resolve_config(argv: Optional[Sequence[str]]) -> RunConfig:
     explicit.pop("list_experiments", None)
     explicit.pop("threads", None)  # settings of this process, not of the run
     explicit.pop("threads_from", None)
-    if explicit.pop("no_progress", False):
-        explicit["progress"] = False
 
     values: dict[str, Any] = {}
     resume = explicit.get("resume")
@@ -391,6 +420,7 @@ def _remove_if_empty(top: Optional[Path]) -> None:
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)  # errors name the flags typed here
     args = build_parser().parse_args(argv)
     if args.list_experiments:
         print_experiments()
@@ -418,7 +448,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         ValueError,
         TypeError,
     ) as exc:
-        echo(f"error: {_one_line(exc)}", err=True)
+        echo(f"error: {_one_line(exc, argv)}", err=True)
         _remove_if_empty(created)
         return 2
     except KeyboardInterrupt:
@@ -446,10 +476,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         echo(f"\ninterrupted; continue with --resume {last}", err=True)
         return 130
     except (CheckpointError, OutDirError) as exc:
-        echo(f"error: {_one_line(exc)}", err=True)
+        echo(f"error: {_one_line(exc, argv)}", err=True)
         return 2
     except FloatingPointError as exc:
-        echo(f"error: {_one_line(exc)}", err=True)
+        echo(f"error: {_one_line(exc, argv)}", err=True)
         return 1
     print_result(summary, config)
     return 0
