@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,21 @@ def shared_data_dir() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _drop_stdout_log_handler() -> Iterator[None]:
+    """Remove the handler ``log_to_stdout`` adds when a test runs a command in this process.
+
+    The handler holds the ``sys.stdout`` of the test that ran the command (pytest's capture,
+    closed afterwards); left in place, a later test's log lines would go to a closed stream.
+    """
+    yield
+    package_logger = logging.getLogger("perturbnn")
+    for handler in list(package_logger.handlers):
+        if getattr(handler, "_perturbnn_stdout", False):
+            package_logger.removeHandler(handler)
+    package_logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture(scope="session")
