@@ -70,7 +70,8 @@ from torch import Tensor, nn
 
 from perturbnn import build_model
 from perturbnn.functional import perturb_conv2d
-from perturbnn.repro.runtime import ContentionGuard, _read_proc_stat, available_cpus
+from perturbnn.repro.runtime import available_cpus
+from perturbnn.threads import ContentionGuard, _read_proc_stat
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
