@@ -205,7 +205,8 @@ class _Poll:
         self.shared = shared
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        _step(self.shared)
+        if not torch.compiler.is_exporting():  # torch.export traces the hook: leave it out
+            _step(self.shared)  # torch.compile runs it eagerly, at every call
 
     def __reduce__(self) -> tuple[type, tuple[()]]:
         return _Released, ()
