@@ -48,7 +48,7 @@ is stopped and shown as ``>``.
 
 Usage::
 
-    python benchmarks/bench_contention.py                   # about 30 minutes on 2 cores
+    python benchmarks/bench_contention.py                   # about 35 minutes on 2 cores
     python benchmarks/bench_contention.py --quick --main-job skip
     python benchmarks/bench_contention.py --only own-loop --json benchmarks/results/contention-own-1.json
     python benchmarks/bench_contention.py --json benchmarks/results/contention.json

@@ -184,15 +184,17 @@ def _running_eagerly() -> bool:
     return not (
         torch.compiler.is_compiling()
         or torch.compiler.is_exporting()
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
+        or torch._C._get_tracing_state() is not None  # torch.jit.is_tracing(), typed
     )
 
 
-@torch.compiler.disable
 def _step(shared: SharedCPU) -> None:
     if _running_eagerly():
         shared.step()
+
+
+# torch.compile runs the hook's work eagerly (a graph break), at every call of the model
+_step = torch.compiler.disable(_step)  # type: ignore[no-untyped-call]
 
 
 class _Poll:
