@@ -357,8 +357,8 @@ def own_loop(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(OWN_THREADS)
     rows = own_loop_rows(args.data_dir)
     for row in rows:  # first steps (torch.compile compiles there, once per thread count)
-        for count in (1, OWN_THREADS):
-            for mode in OWN_MODES:
+        for mode, counts in (("plain", (OWN_THREADS,)), ("shared", (1, OWN_THREADS))):
+            for count in counts:
                 torch.set_num_threads(count)
                 row.steps[mode]()
                 row.steps[mode]()

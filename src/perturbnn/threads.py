@@ -228,6 +228,8 @@ class SharedCPU:
     """The handle :func:`share_cpu` returns: the guard on one model, its record, and
     :meth:`remove`. Also a context manager (removed on exit).
 
+    Source: this library's issue 22 (docs/performance.md, "A training loop of your own").
+
     Attributes:
         calls (int): forward calls of the model so far (the index of the next one); calls made
             while torch.compile, torch.export or ONNX export trace the model do not count.
