@@ -29,7 +29,7 @@ runs in three thread modes, interleaved sample by sample so that a change of loa
 - ``one``: one thread throughout: how much faster the step is on all threads when quiet, and
   what share of a core one thread gets beside the competitor (the guard's choice when busy).
 
-**Own loop** (``--only own-loop`` runs these alone, in about 5 minutes on 2 quiet cores): a
+**Own loop** (``--only own-loop`` runs these alone, in about 6 minutes on 2 quiet cores): a
 user's script of its own, with 2 threads fixed (``torch.set_num_threads(2)``): a
 ``PerturbConv2d(128, 128, nmasks=64, input_size=32, level=0.1, unique_masks=False)``
 forward+backward on B=16 for each ``impl``, with and without ReLU (``use_act``), and the
@@ -537,7 +537,7 @@ def main() -> None:
         choices=("own-loop",),
         default=None,
         help="run only these rows: own-loop (a script of your own with and without "
-        "perturbnn.share_cpu, quiet and busy; about 5 minutes on 2 cores)",
+        "perturbnn.share_cpu, quiet and busy; about 6 minutes on 2 cores)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
