@@ -29,6 +29,18 @@ runs in three thread modes, interleaved sample by sample so that a change of loa
 - ``one``: one thread throughout: how much faster the step is on all threads when quiet, and
   what share of a core one thread gets beside the competitor (the guard's choice when busy).
 
+**Own loop** (``--only own-loop`` runs these alone, in about 6 minutes on 2 quiet cores): a
+user's script of its own, with 2 threads fixed (``torch.set_num_threads(2)``): a
+``PerturbConv2d(128, 128, nmasks=64, input_size=32, level=0.1, unique_masks=False)``
+forward+backward on B=16 for each ``impl``, with and without ReLU (``use_act``), and the
+``perturb_resnet18`` training step above, each timed ``plain`` (nothing else) and ``shared``
+(a copy of the same model under :func:`perturbnn.share_cpu`), quiet then busy (the competitor
+in the same session), interleaved as above. Each ``shared`` model has its own handle; before
+each of its samples the count is set to the one its guard chose last (the ``plain`` samples
+between them run at 2), as the process would have it if it ran only that model, and at the
+start of each phase every guard's window restarts and covers a second of that phase before the
+first sample (as in a loop that ran on).
+
 The table gives medians and the busy/quiet ratios (an even share of 2 cores with one other
 job is 2x). It then times the README's main job (``python -m perturbnn.repro``, the demo: about
 1.5 minutes on 2 quiet cores) quiet and beside the competitor (both sessions), with the
@@ -38,8 +50,9 @@ is stopped and shown as ``>``.
 
 Usage::
 
-    python benchmarks/bench_contention.py                   # about 30 minutes on 2 cores
+    python benchmarks/bench_contention.py                   # about 35 minutes on 2 cores
     python benchmarks/bench_contention.py --quick --main-job skip
+    python benchmarks/bench_contention.py --only own-loop --json benchmarks/results/contention-own-1.json
     python benchmarks/bench_contention.py --json benchmarks/results/contention.json
 
 Not part of the test run: it prints a table and checks nothing.
@@ -49,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import json
 import math
@@ -68,9 +82,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perturbnn import build_model
+from perturbnn import PerturbConv2d, SharedCPU, build_model, share_cpu
 from perturbnn.functional import perturb_conv2d
-from perturbnn.repro.runtime import ContentionGuard, _read_proc_stat, available_cpus
+from perturbnn.repro.runtime import available_cpus
+from perturbnn.threads import ContentionGuard, _read_proc_stat
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -89,6 +104,10 @@ LAYER_IMPLS = ("grouped", "eager", "compiled")
 TRAIN_IMPLS = ("grouped", "auto", "compiled")
 MODES = ("fixed", "harness", "one")
 PHASES = ("quiet", "busy", "apart")
+OWN_THREADS = 2  # what the user's script fixes
+OWN_LAYER = {"in_channels": 128, "out_channels": 128, "nmasks": 64, "input_size": 32}
+OWN_MODES = ("plain", "shared")
+OWN_PHASES = ("quiet", "busy")
 
 
 @dataclass
@@ -97,6 +116,9 @@ class Row:
     step: Callable[[], None]
     times: dict[str, list[float]] = field(default_factory=dict)  # "quiet/fixed" -> seconds
     spent: dict[str, float] = field(default_factory=dict)
+    model: Optional[nn.Module] = None  # the training rows' network, optimizer and batches
+    optimizer: Optional[torch.optim.Optimizer] = None
+    batches: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
 
 def others_cpu(seconds: float = 1.0) -> Optional[float]:
@@ -208,6 +230,22 @@ def layer_rows() -> list[Row]:
     return rows
 
 
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[tuple[Tensor, Tensor]]
+) -> Callable[[], None]:
+    """One SGD step of ``model`` per call, on the next of ``batches`` in turn."""
+    count = [0]
+
+    def step() -> None:
+        x, y = batches[count[0] % len(batches)]
+        count[0] += 1
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
 def train_rows(data_dir: Path) -> list[Row]:
     batches = load_batches(data_dir, 32, 4)
     options = {
@@ -225,21 +263,161 @@ def train_rows(data_dir: Path) -> list[Row]:
         model.load_state_dict(reference.state_dict())
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        count = [0]
-
-        def step(
-            model: nn.Module = model,
-            optimizer: torch.optim.Optimizer = optimizer,
-            count: list[int] = count,
-        ) -> None:
-            x, y = batches[count[0] % len(batches)]
-            count[0] += 1
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-
-        rows.append(Row(f"perturb_resnet18 train step, {impl}", step))
+        rows.append(
+            Row(
+                f"perturb_resnet18 train step, {impl}",
+                train_step(model, optimizer, batches),
+                model=model,
+                optimizer=optimizer,
+                batches=batches,
+            )
+        )
     return rows
+
+
+@dataclass
+class OwnRow:
+    """One step of a user's own loop, on two copies of one model: ``plain`` and ``shared``
+    (under :func:`perturbnn.share_cpu`, whose handle is ``handle``)."""
+
+    name: str
+    steps: dict[str, Callable[[], None]]
+    handle: SharedCPU
+    times: dict[str, list[float]] = field(default_factory=dict)  # "quiet/plain" -> seconds
+    spent: dict[str, float] = field(default_factory=dict)
+
+
+def own_loop_rows(data_dir: Path) -> list[OwnRow]:
+    """The own-loop rows: the layer per impl, without and with ReLU, and the training step."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(LAYER["batch"], 128, 32, 32, generator=gen).requires_grad_()
+    grad_out = torch.randn(LAYER["batch"], 128, 32, 32, generator=gen)
+    rows = []
+    for impl in LAYER_IMPLS:
+        for relu in (False, True):
+            torch.manual_seed(0)
+            layer = PerturbConv2d(
+                **OWN_LAYER, level=0.1, unique_masks=False, use_act=relu, impl=impl
+            )
+            shared = copy.deepcopy(layer)
+            handle = share_cpu(shared)
+
+            def layer_step(module: nn.Module) -> None:
+                x.grad = None
+                module.zero_grad(set_to_none=True)
+                module(x).backward(grad_out)
+
+            rows.append(
+                OwnRow(
+                    f"PerturbConv2d {impl}, {'ReLU' if relu else 'no activation'}",
+                    {
+                        "plain": lambda m=layer: layer_step(m),
+                        "shared": lambda m=shared: layer_step(m),
+                    },
+                    handle,
+                )
+            )
+    for row in train_rows(data_dir):  # the same set-up, run on a copy under share_cpu
+        assert row.model is not None
+        shared = copy.deepcopy(row.model)
+        handle = share_cpu(shared)
+        shared_optimizer = torch.optim.SGD(shared.parameters(), lr=0.01, momentum=0.9)
+        rows.append(
+            OwnRow(
+                row.name,
+                {"plain": row.step, "shared": train_step(shared, shared_optimizer, row.batches)},
+                handle,
+            )
+        )
+    return rows
+
+
+def run_own_phase(phase: str, rows: list[OwnRow], repeats: int, cap: float, sample: float) -> None:
+    """As :func:`run_phase`, for the own-loop rows: ``plain`` at :data:`OWN_THREADS` threads,
+    ``shared`` at the count its guard chose last (its hook asks the guard at every step)."""
+    for round_ in range(repeats):
+        for row in rows:
+            for mode in OWN_MODES:
+                key = f"{phase}/{mode}"
+                times = row.times.setdefault(key, [])
+                if round_ >= 3 and row.spent.get(key, 0.0) > cap:
+                    continue
+                guard = row.handle.guard
+                count = guard.threads if mode == "shared" and guard is not None else OWN_THREADS
+                torch.set_num_threads(count)
+                per_step, took = time_sample(row.steps[mode], sample)
+                times.append(per_step)
+                row.spent[key] = row.spent.get(key, 0.0) + took
+    torch.set_num_threads(OWN_THREADS)
+
+
+def own_loop(args: argparse.Namespace) -> dict[str, object]:
+    """Time the own-loop rows quiet and busy; print their table; return it for the JSON."""
+    began = time.perf_counter()
+    torch.set_num_threads(OWN_THREADS)
+    rows = own_loop_rows(args.data_dir)
+    for row in rows:  # first steps (torch.compile compiles there, once per thread count)
+        for mode, counts in (("plain", (OWN_THREADS,)), ("shared", (1, OWN_THREADS))):
+            for count in counts:
+                torch.set_num_threads(count)
+                row.steps[mode]()
+                row.steps[mode]()
+    torch.set_num_threads(OWN_THREADS)
+    print(f"own loop: set-up and first steps {time.perf_counter() - began:.0f} s")
+    out: dict[str, object] = {"threads": OWN_THREADS}
+    out["quiet_others_cpu"] = check_quiet("before the own-loop quiet phase")
+    watch = ContentionGuard(OWN_THREADS, interval=0.0)  # only its others() is used
+    for phase in OWN_PHASES:
+        start = time.perf_counter()
+        with contextlib.nullcontext() if phase == "quiet" else Competitor():
+            # a loop that ran on would have its guard's last look within the phase: start each
+            # guard's window now, and let it cover a whole interval before the first sample
+            for row in rows:
+                if row.handle.guard is not None:
+                    row.handle.guard.others()
+            time.sleep(1.1)
+            watch.others()
+            run_own_phase(phase, rows, args.repeats, args.cap, args.sample)
+            during = watch.others()
+        out[f"{phase}_phase_others_cpu"] = during
+        print(
+            f"own loop, {phase} phase: {time.perf_counter() - start:.0f} s; other processes used "
+            f"{during if during is None else round(during, 2)} CPUs meanwhile"
+        )
+    print(
+        "\n| own loop, 2 threads | plain: quiet (s) | busy (s) | busy / quiet "
+        "| share_cpu: quiet (s) | busy (s) | busy / quiet | share_cpu / plain, quiet |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    table = []
+    for row in rows:
+        entry: dict[str, object] = {"step": row.name}
+        cells = []
+        for mode in OWN_MODES:
+            quiet, busy = row.times[f"quiet/{mode}"], row.times[f"busy/{mode}"]
+            entry[mode] = {
+                "quiet_s": quiet,
+                "busy_s": busy,
+                "quiet_median_s": statistics.median(quiet),
+                "busy_median_s": statistics.median(busy),
+                "slowdown": ratio(busy, quiet),
+            }
+            cells += [
+                f"{statistics.median(quiet):.4f}",
+                f"{statistics.median(busy):.4f}",
+                f"{ratio(busy, quiet):.1f}x",
+            ]
+        vs_plain = ratio(row.times["quiet/shared"], row.times["quiet/plain"])
+        entry["shared_vs_plain_quiet"] = vs_plain
+        table.append(entry)
+        print(f"| {row.name} | {' | '.join(cells)} | {vs_plain:.2f} |")
+    for row in rows:
+        row.handle.remove()
+    torch.set_num_threads(OWN_THREADS)
+    out["rows"] = table
+    out["seconds"] = time.perf_counter() - began
+    print(f"own loop: {out['seconds']:.0f} s in all")
+    return out
 
 
 def time_sample(
@@ -354,6 +532,13 @@ def main() -> None:
         help="stop a busy main job after this many times its quiet time (reported as '>')",
     )
     parser.add_argument("--skip-steps", action="store_true", help="only the README main job")
+    parser.add_argument(
+        "--only",
+        choices=("own-loop",),
+        default=None,
+        help="run only these rows: own-loop (a script of your own with and without "
+        "perturbnn.share_cpu, quiet and busy; about 6 minutes on 2 cores)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     for name in ("repeats", "cap", "sample", "main_job_limit"):
@@ -364,6 +549,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:  # at most 3 rounds and 10 s (a smaller --repeats or --cap is kept)
         args.repeats, args.cap = min(args.repeats, 3), min(args.cap, 10.0)
+    started = time.perf_counter()
     threads = torch.get_num_threads()
     grouping = autogroup()
     print(
@@ -388,6 +574,11 @@ def main() -> None:
         "sample_s": args.sample,
         "autogroup": grouping,
     }
+    if args.only == "own-loop":
+        results["own_loop"] = own_loop(args)
+        results["after_others_cpu"] = check_quiet("at the end")
+        finish(args.json, results, started)
+        return
     if not args.skip_steps:
         rows = layer_rows() + train_rows(args.data_dir)
         for row in rows:  # first steps (torch.compile compiles there, once per thread count)
@@ -449,6 +640,7 @@ def main() -> None:
                     f"{'-' if mode != 'harness' else f'{vs_fixed:.2f}'} |"
                 )
         results["steps"] = table
+        results["own_loop"] = own_loop(args)
         save(args.json, results)  # so far (the main job takes another quarter of an hour)
 
     if args.main_job != "skip":
@@ -476,9 +668,16 @@ def main() -> None:
             jobs.append(run)
         results["main_job"] = {"command": "python -m perturbnn.repro", "runs": jobs}
     results["after_others_cpu"] = check_quiet("at the end")
-    save(args.json, results)
-    if args.json is not None:
-        print(f"\nwrote {args.json}")
+    finish(args.json, results, started)
+
+
+def finish(path: Optional[Path], results: dict[str, object], started: float) -> None:
+    """Record and print how long the run took; write the JSON."""
+    results["run_s"] = round(time.perf_counter() - started, 1)
+    save(path, results)
+    print(f"\nthe run took {results['run_s']:.0f} s")
+    if path is not None:
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ CONTENTION_START, CONTENTION_END = "<!-- contention:start -->", "<!-- contention
 MAX_SLOWDOWN = 3.0
 #: ... and the harness's quiet median at most this over the fixed count's, same run.
 MAX_QUIET_COST = 1.10
+#: Issue 22's target: with share_cpu, a script's quiet median within this of its plain one.
+OWN_QUIET_TOLERANCE = 0.05
 IMPLS = ("grouped", "eager", "compiled", "auto")
 ACT_NAMES = {"none": "none", "relu": "ReLU", "elu": "ELU", "prelu": "PReLU"}
 
@@ -211,6 +213,15 @@ def _slowdown(seconds: float, quiet: float, finished: bool = True) -> str:
 def contention_tables(result: dict[str, Any], name: str) -> list[str]:
     """The tables of one ``bench_contention.py --json`` result, verdicts computed here."""
     grouping = {True: "yes", False: "no", None: "unknown"}[result.get("autogroup")]
+    others = ""
+    if all(f"{phase}_phase_others_cpu" in result for phase in ("quiet", "busy", "apart")):
+        others = (
+            f" Other processes used {result['quiet_phase_others_cpu']:.2f} CPUs during the quiet "
+            f"phase, {result['busy_phase_others_cpu']:.2f} during the busy one and "
+            f"{result['apart_phase_others_cpu']:.2f} during the apart one (the competitor "
+            "included)."
+        )
+    run = f" The run took {result['run_s'] / 60:.1f} minutes." if "run_s" in result else ""
     lines = [
         f"Source: `benchmarks/results/{name}`: torch {result['torch']}, {result['threads']} "
         f"threads, {result.get('date', 'date not recorded')}; median of up to "
@@ -218,11 +229,7 @@ def contention_tables(result: dict[str, Any], name: str) -> list[str]:
         "samples took the `--cap`), each sample at least "
         f"{result.get('sample_s', '?')} s of consecutive steps. Command: "
         f"`{result.get('command', 'python benchmarks/bench_contention.py')}`. CPU shared out by "
-        f"session (`sched_autogroup_enabled`): {grouping}. Other processes used "
-        f"{result.get('quiet_phase_others_cpu', float('nan')):.2f} CPUs during the quiet phase, "
-        f"{result.get('busy_phase_others_cpu', float('nan')):.2f} during the busy one and "
-        f"{result.get('apart_phase_others_cpu', float('nan')):.2f} during the apart one (the "
-        "competitor included).",
+        f"session (`sched_autogroup_enabled`): {grouping}.{others}{run}",
         "",
     ]
     steps = result.get("steps", [])
@@ -278,6 +285,7 @@ def contention_tables(result: dict[str, Any], name: str) -> list[str]:
                     f"{one['apart_median_s'] / fixed_quiet:.1f}x |"
                 )
             lines.append("")
+    lines += own_loop_table(result.get("own_loop"))
     job = result.get("main_job")
     if job:
         lines += [
@@ -297,6 +305,45 @@ def contention_tables(result: dict[str, Any], name: str) -> list[str]:
             ]
             lines.append(f"| {run['mode']} | {quiet:.0f} | {' | '.join(cells)} |")
         lines.append("")
+    return lines
+
+
+def own_loop_table(own: Optional[dict[str, Any]]) -> list[str]:
+    """The own-loop rows (``bench_contention.py --only own-loop``): a script of one's own at a
+    fixed count, without and with ``perturbnn.share_cpu``, quiet and busy, verdicts computed here.
+    """
+    if not own:
+        return []
+    quiet, busy = own.get("quiet_phase_others_cpu"), own.get("busy_phase_others_cpu")
+    others = (
+        f"{quiet:.2f} CPUs during its quiet phase and {busy:.2f} during its busy one"
+        if isinstance(quiet, (int, float)) and isinstance(busy, (int, float))
+        else "unknown CPUs"
+    )
+    lines = [
+        f"A script of your own with {own['threads']} threads fixed (`torch.set_num_threads`), "
+        "without and with `perturbnn.share_cpu(model)`; **busy**: the competitor in the same "
+        f"session (other processes used {others}, the competitor included). Seconds per step and "
+        "slowdown against quiet:",
+        "",
+        "| own loop | plain: quiet | busy | share_cpu: quiet | busy "
+        f"| share_cpu busy <= {MAX_SLOWDOWN:g}x | share_cpu / plain, quiet "
+        f"| within {OWN_QUIET_TOLERANCE:.0%} |",
+        "|---|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for row in own["rows"]:
+        plain, shared = row["plain"], row["shared"]
+        cells = []
+        for mode in (plain, shared):
+            quiet = mode["quiet_median_s"]
+            cells += [_seconds(quiet), _slowdown(mode["busy_median_s"], quiet)]
+        busy_ok = "yes" if shared["slowdown"] <= MAX_SLOWDOWN else "**no**"
+        vs_plain = shared["quiet_median_s"] / plain["quiet_median_s"]
+        quiet_ok = "yes" if abs(vs_plain - 1) <= OWN_QUIET_TOLERANCE else "**no**"
+        lines.append(
+            f"| {row['step']} | {' | '.join(cells)} | {busy_ok} | {vs_plain:.2f} | {quiet_ok} |"
+        )
+    lines.append("")
     return lines
 
 

@@ -5,7 +5,8 @@ Layers (:class:`NoiseMask`, :class:`PerturbConv2d`, :class:`MixMaps`, :class:`Pe
 :func:`noiseresnet18`, :func:`perturb_resnet18`, :func:`cifarnet`, :func:`lenet`), deeper ResNets
 (:func:`noiseresnet34` to :func:`noiseresnet152`, :func:`perturb_resnet34`,
 :func:`perturb_resnet50`), their registry, :func:`convert` for existing networks,
-and the seed's weight initialization (:func:`init_weights_`).
+the seed's weight initialization (:func:`init_weights_`), and :func:`share_cpu`, which lowers a
+model's CPU threads while other processes keep the CPUs busy.
 """
 
 from perturbnn import functional
@@ -34,6 +35,7 @@ from perturbnn.models import (
     resnet18,
 )
 from perturbnn.summary import count_mask_values, count_parameters
+from perturbnn.threads import SharedCPU, share_cpu
 
 __all__ = [
     "ACTIVATIONS",
@@ -47,6 +49,7 @@ __all__ = [
     "PerturbBottleneck",
     "PerturbConv2d",
     "PerturbLayer",
+    "SharedCPU",
     "__version__",
     "build_model",
     "cifarnet",
@@ -68,4 +71,5 @@ __all__ = [
     "perturb_resnet50",
     "register_model",
     "resnet18",
+    "share_cpu",
 ]

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import pytest
 import torch
 
+from perturbnn import threads
 from perturbnn.repro import runtime
 from perturbnn.repro.cli import demo as demo_cli
 from perturbnn.repro.cli import reproduce as reproduce_cli
@@ -350,11 +351,11 @@ def test_train_prints_the_thread_choice_once(
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="no /proc/stat here")
 def test_proc_stat_is_read_for_the_watched_cpus() -> None:
     cpus = set(os.sched_getaffinity(0))
-    stat = runtime._read_proc_stat(cpus)
+    stat = threads._read_proc_stat(cpus)
     assert stat is not None
     busy, total = stat
     assert 0 < busy <= total
-    none = runtime._read_proc_stat({10**6})  # a CPU that does not exist: nothing counted
+    none = threads._read_proc_stat({10**6})  # a CPU that does not exist: nothing counted
     assert none == (0.0, 0.0)
 
 

@@ -2,8 +2,9 @@
 
 The thread count (:func:`configure_threads`) is chosen from what the process can see (its
 affinity mask, a cgroup CPU quota; ``OMP_NUM_THREADS`` and ``torch.set_num_threads`` set by the
-user win) and lowered while other processes keep the CPUs busy (:class:`ContentionGuard`); each
-run records the counts (:func:`record_threads`), which ``--threads-from`` replays exactly
+user win) and lowered while other processes keep the CPUs busy (the layer library's
+:class:`~perturbnn.threads.ContentionGuard`, which :func:`perturbnn.share_cpu` puts on a loop of
+your own); each run records the counts (:func:`record_threads`), which ``--threads-from`` replays exactly
 (:mod:`perturbnn.repro.thread_record`); see docs/performance.md, "Sharing the CPU".
 
 Source: the seed's ``main.py`` (``--manual-seed``, ``--device``).
@@ -17,7 +18,6 @@ import math
 import os
 import random
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from perturbnn.repro.thread_record import ThreadRecorder, ThreadSchedule
+from perturbnn.threads import ContentionGuard, _affinity, _read_text
 
 __all__ = [
     "THREAD_ENV_VARS",
@@ -44,9 +45,6 @@ __all__ = [
     "set_seed",
     "threads_for_run",
 ]
-
-_LOGGER = logging.getLogger(__name__)
-
 
 PathLike = Union[str, "os.PathLike[str]"]
 DeviceLike = Union[str, torch.device]
@@ -135,14 +133,6 @@ _CGROUP_V1_QUOTA = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
 _CGROUP_V1_PERIOD = "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
 
 
-def _read_text(path: str) -> Optional[str]:
-    try:
-        with open(path, encoding="ascii") as file:
-            return file.read()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
 def cgroup_cpu_quota(
     read: Callable[[str], Optional[str]] = _read_text,
 ) -> Optional[float]:
@@ -172,12 +162,6 @@ def cgroup_cpu_quota(
     except ValueError:
         return None
     return None if q <= 0 or p <= 0 else max(q / p, 0.01)
-
-
-def _affinity() -> set[int]:
-    if hasattr(os, "sched_getaffinity"):
-        return set(os.sched_getaffinity(0))
-    return set(range(os.cpu_count() or 1))  # pragma: no cover - macOS, Windows
 
 
 def available_cpus(
@@ -322,108 +306,6 @@ def choose_threads(
     if now not in (_torch_defaults(cpus) if defaults is None else defaults):
         return ThreadPlan(now, "torch.set_num_threads", cpus, adaptive=False)
     return ThreadPlan(max(1, min(now, cpus)), "available", cpus, adaptive=True)
-
-
-def _read_proc_stat(cpus: set[int]) -> Optional[tuple[float, float]]:
-    """(busy, total) seconds of the given CPUs since boot, from ``/proc/stat``."""
-    text = _read_text("/proc/stat")
-    if text is None:
-        return None
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    busy = total = 0.0
-    for line in text.splitlines():
-        name, *fields = line.split()
-        if not name.startswith("cpu") or name == "cpu":
-            continue
-        try:
-            index = int(name[3:])
-        except ValueError:
-            continue
-        if index not in cpus or len(fields) < 5:
-            continue
-        # user nice system idle iowait irq softirq steal [guest guest_nice: within user/nice]
-        values = [int(v) for v in fields[:8]]
-        total += sum(values)
-        busy += sum(values) - values[3] - values[4]
-    return busy / tick, total / tick
-
-
-class ContentionGuard:
-    """Lowers the thread count while other processes keep this process's CPUs busy.
-
-    Why: torch's OpenMP threads wait for each other at the end of every parallel operation,
-    spinning for a while first. When another process holds a core, one of the threads is off
-    its core and the others spin for it, so each operation can cost a scheduler time slice
-    instead of microseconds: a step 10-50x slower (docs/performance.md). One thread has nobody
-    to wait for: it slows down only by the share of the CPU it loses.
-
-    Every ``interval`` seconds, :meth:`poll` reads the CPU time of the process's CPUs
-    (``/proc/stat``) and subtracts its own (``time.process_time``): the rest is what other
-    processes used. The thread count becomes ``round(cpus - others)`` (at least 1, at most
-    ``max_threads``). Where ``/proc/stat`` is missing, it does nothing.
-
-    Args:
-        max_threads: the count when the CPUs are free.
-        cpus: the CPUs to watch (default: the affinity mask).
-        interval: seconds between two decisions.
-        set_threads: applies a count (default: ``torch.set_num_threads``).
-        clock, own_cpu, read_stat: seams for the tests (wall clock, own CPU seconds,
-            ``(busy, total)`` CPU seconds of ``cpus``).
-    """
-
-    def __init__(
-        self,
-        max_threads: int,
-        cpus: Optional[set[int]] = None,
-        *,
-        interval: float = 1.0,
-        set_threads: Callable[[int], None] = torch.set_num_threads,
-        clock: Callable[[], float] = time.monotonic,
-        own_cpu: Callable[[], float] = time.process_time,
-        read_stat: Optional[Callable[[], Optional[tuple[float, float]]]] = None,
-    ) -> None:
-        self.max_threads = check_threads(max_threads, name="max_threads")
-        watched = _affinity() if cpus is None else set(cpus)
-        self.cpus = watched
-        self.interval = interval
-        self.threads = max_threads
-        self._set = set_threads
-        self._clock = clock
-        self._own = own_cpu
-        self._stat = read_stat if read_stat is not None else (lambda: _read_proc_stat(watched))
-        self._last = self._sample()
-
-    def _sample(self) -> Optional[tuple[float, float, float]]:
-        stat = self._stat()
-        return None if stat is None else (self._clock(), stat[0], self._own())
-
-    def others(self) -> Optional[float]:
-        """CPUs (fractional) that other processes used since the last decision, or ``None``."""
-        now = self._sample()
-        if now is None or self._last is None:
-            return None
-        wall = now[0] - self._last[0]
-        if wall <= 0:
-            return None
-        busy = now[1] - self._last[1]
-        own = now[2] - self._last[2]
-        self._last = now
-        return max(0.0, (busy - own) / wall)
-
-    def poll(self) -> int:
-        """Decide again if ``interval`` has passed; return the thread count in force."""
-        if self._last is None or self._clock() - self._last[0] < self.interval:
-            return self.threads
-        others = self.others()
-        if others is None:
-            return self.threads
-        free = len(self.cpus) - others
-        wanted = max(1, min(self.max_threads, int(free + 0.5)))
-        if wanted != self.threads:
-            _LOGGER.debug("other processes use %.1f CPUs: %d threads", others, wanted)
-            self._set(wanted)
-            self.threads = wanted
-        return self.threads
 
 
 _GUARD: list[Optional[ContentionGuard]] = [None]
