@@ -5,7 +5,8 @@ Layers (:class:`NoiseMask`, :class:`PerturbConv2d`, :class:`MixMaps`, :class:`Pe
 :func:`noiseresnet18`, :func:`perturb_resnet18`, :func:`cifarnet`, :func:`lenet`), deeper ResNets
 (:func:`noiseresnet34` to :func:`noiseresnet152`, :func:`perturb_resnet34`,
 :func:`perturb_resnet50`), their registry, :func:`convert` for existing networks,
-and the seed's weight initialization (:func:`init_weights_`).
+:func:`reparameterize` to fold PNN layers without activation into plain 1x1 convolutions for
+deployment, and the independent reproduction's weight initialization (:func:`init_weights_`).
 """
 
 from perturbnn import functional
@@ -33,14 +34,18 @@ from perturbnn.models import (
     register_model,
     resnet18,
 )
+from perturbnn.reparameterize import BiasMap, FoldedLayer, FoldReport, reparameterize
 from perturbnn.summary import count_mask_values, count_parameters
 
 __all__ = [
     "ACTIVATIONS",
     "NOISE_TYPES",
     "POOL_TYPES",
+    "BiasMap",
     "ConvertReport",
     "ConvertedLayer",
+    "FoldReport",
+    "FoldedLayer",
     "MixMaps",
     "ModelConfig",
     "NoiseMask",
@@ -67,5 +72,6 @@ __all__ = [
     "perturb_resnet34",
     "perturb_resnet50",
     "register_model",
+    "reparameterize",
     "resnet18",
 ]
