@@ -15,7 +15,7 @@ from torch import nn
 import perturbnn
 from conftest import scaled
 from perturbnn import (
-    BiasMap,
+    FoldedConv2d,
     MixMaps,
     NoiseMask,
     PerturbConv2d,
@@ -68,16 +68,19 @@ def assert_identical(model, snap):
 
 
 def assert_invariants(original: nn.Module, folded: nn.Module, report) -> None:
-    """Every NoiseMask is reported; the folded ones are gone, replaced by one BiasMap each."""
+    """Every NoiseMask is reported; the folded ones are gone, replaced by one FoldedConv2d each."""
     masks = [m for m in original.modules() if isinstance(m, NoiseMask)]
     assert len(report.layers) == len(masks)
     left = [m for m in folded.modules() if isinstance(m, NoiseMask)]
     assert len(left) == len(report.kept)
-    assert sum(isinstance(m, BiasMap) for m in folded.modules()) == len(report.folded)
+    assert sum(isinstance(m, FoldedConv2d) for m in folded.modules()) == len(report.folded)
     for layer in report.folded:  # nothing of PNN remains where folding applied
         module = folded.get_submodule(layer.name)
-        assert type(module) is nn.Sequential
-        assert isinstance(module[0], nn.Conv2d) and isinstance(module[1], BiasMap)
+        if layer.stride > 1:
+            assert type(module) is nn.Sequential and len(module) == 2
+            assert isinstance(module[1], (nn.MaxPool2d, nn.AvgPool2d))
+            module = module[0]
+        assert isinstance(module, FoldedConv2d)
     if not report.kept:
         assert not any(isinstance(m, (PerturbConv2d, MixMaps)) for m in folded.modules())
         assert not any(isinstance(m, PerturbLayer) and m.filter_size == 0 for m in folded.modules())
@@ -273,7 +276,7 @@ def test_random_layers_fold_to_the_same_outputs(options):
     (record,) = report.layers
     mergeable = options["stride"] == 1 or options["pool_type"] == "avg"
     assert record.folded and record.mix_merged == (options["mix_maps"] and mergeable)
-    conv = folded[0][0] if options["mix_maps"] else folded[0]
+    (conv,) = [m for m in folded.modules() if isinstance(m, FoldedConv2d)]
     merged = record.mix_merged
     assert conv.groups == (in_channels if options["nmasks"] > 1 and not merged else 1)
     assert all(p.dtype == dtype for p in folded.parameters())
@@ -392,7 +395,7 @@ def test_original_untouched_and_inplace():
     same, report = reparameterize(model, inplace=True)
     assert same is model and len(report.folded) == 1
     assert type(model.features[0]) is nn.Sequential
-    assert isinstance(model.features[0][0][1], BiasMap)
+    assert isinstance(model.features[0][0], FoldedConv2d)
     with torch.no_grad():
         assert_equal_outputs(model(x), y)
     again, report = reparameterize(model)  # nothing left to fold
@@ -406,7 +409,7 @@ def test_a_layer_itself_is_replaced_and_returned():
     layer = PerturbConv2d(2, 4, nmasks=2, input_size=3).eval()
     original = copy.deepcopy(layer)
     folded, report = reparameterize(layer, inplace=True)
-    assert type(folded) is nn.Sequential and report.layers[0].name == ""
+    assert type(folded) is FoldedConv2d and report.layers[0].name == ""
     x = torch.randn(1, 2, 3, 3)
     with torch.no_grad():
         assert_equal_outputs(folded(x), original(x))
@@ -434,7 +437,7 @@ def test_report_table_written_out():
         "parameter values: 114 -> 72; buffer values: 229 -> 229",
     ]
     assert [type(m).__name__ for m in folded] == [
-        "Sequential",
+        "FoldedConv2d",
         "Sequential",
         "PerturbConv2d",
         "NoiseMask",
@@ -442,15 +445,36 @@ def test_report_table_written_out():
     assert report.buffers_after == 96 + 13 + 96 + 24
 
 
-def test_bias_map_refuses_another_size():
-    bias = BiasMap(4, (3, 5))
-    assert bias(torch.zeros(2, 4, 3, 5)).shape == (2, 4, 3, 5)
+def test_folded_conv2d_checks_its_arguments_and_input():
+    dense = FoldedConv2d(3, 4, (3, 5))
+    assert dense(torch.zeros(2, 3, 3, 5)).shape == (2, 4, 3, 5)
+    assert repr(dense) == "FoldedConv2d(3, 4, size=(3, 5))"
     with pytest.raises(
-        ValueError, match=r"Tensor\[batch_size, 4, 3, 5\].*got shape \(2, 4, 5, 3\)"
+        ValueError, match=r"Tensor\[batch_size, 3, 3, 5\].*got shape \(2, 3, 5, 3\)"
     ):
-        bias(torch.zeros(2, 4, 5, 3))
+        dense(torch.zeros(2, 3, 5, 3))
+    with pytest.raises(ValueError, match=r"got shape \(2, 4, 3, 5\)"):
+        dense(torch.zeros(2, 4, 3, 5))
+    with pytest.raises(ValueError, match="groups must be 1 or in_channels=3"):
+        FoldedConv2d(3, 4, 2, groups=3)
+    with pytest.raises(ValueError, match="groups must be 1 or in_channels=4"):
+        FoldedConv2d(4, 8, 2, groups=2)
+    with pytest.raises(ValueError, match="size"):
+        FoldedConv2d(4, 8, 0)
+
+
+def test_folded_conv2d_grouped_is_the_grouped_convolution():
+    """The addcmul path against ``conv2d(groups=in_channels)``, written out here."""
+    torch.manual_seed(0)
+    module = FoldedConv2d(3, 6, (4, 5), groups=3).double()
+    with torch.no_grad():
+        module.weight.normal_()
+        module.bias.normal_()
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    want = torch.nn.functional.conv2d(x, module.weight, groups=3) + module.bias
+    torch.testing.assert_close(module(x), want, rtol=1e-14, atol=1e-14)
 
 
 def test_exported_names():
-    for name in ("reparameterize", "BiasMap", "FoldReport", "FoldedLayer"):
+    for name in ("reparameterize", "FoldedConv2d", "FoldReport", "FoldedLayer"):
         assert name in perturbnn.__all__ and hasattr(perturbnn, name)

@@ -34,17 +34,17 @@ from perturbnn.models import (
     register_model,
     resnet18,
 )
-from perturbnn.reparameterize import BiasMap, FoldedLayer, FoldReport, reparameterize
+from perturbnn.reparameterize import FoldedConv2d, FoldedLayer, FoldReport, reparameterize
 from perturbnn.summary import count_mask_values, count_parameters
 
 __all__ = [
     "ACTIVATIONS",
     "NOISE_TYPES",
     "POOL_TYPES",
-    "BiasMap",
     "ConvertReport",
     "ConvertedLayer",
     "FoldReport",
+    "FoldedConv2d",
     "FoldedLayer",
     "MixMaps",
     "ModelConfig",
