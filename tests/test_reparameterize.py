@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -478,3 +480,19 @@ def test_folded_conv2d_grouped_is_the_grouped_convolution():
 def test_exported_names():
     for name in ("reparameterize", "FoldedConv2d", "FoldReport", "FoldedLayer"):
         assert name in perturbnn.__all__ and hasattr(perturbnn, name)
+
+
+def test_docs_folding_page_first_block_runs_as_written(tmp_path, monkeypatch):
+    """The usage block of docs/folding.md: the folded model matches, the ONNX file is written."""
+    pytest.importorskip("onnxscript")
+    page = Path(__file__).resolve().parents[1] / "docs" / "folding.md"
+    block = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    namespace: dict = {}
+    exec(compile(block, str(page), "exec"), namespace)
+    deployed, pnn, x = namespace["deployed"], namespace["pnn"], namespace["x"]
+    assert len(namespace["report"].folded) == 19
+    with torch.no_grad():
+        assert_equal_outputs(deployed(x), pnn(x))
+    assert (tmp_path / "pnn-folded.onnx").stat().st_size > 0
