@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from perturbnn import functional as PF
 from perturbnn._validation import check_bool, check_positive_int, check_size
 from perturbnn.layers import MixMaps, PerturbConv2d, PerturbLayer
+from perturbnn.models.blocks import NoiseLayer
 from perturbnn.noise import DeviceLike, NoiseMask
 
 __all__ = ["FoldReport", "FoldedConv2d", "FoldedLayer", "reparameterize"]
@@ -254,8 +255,6 @@ def _kept_reason(layer: PerturbConv2d) -> str:
 
 
 def _bare_noise_reason(parent: Optional[nn.Module]) -> str:
-    from perturbnn.models.blocks import NoiseLayer  # models import this package's layers
-
     if isinstance(parent, NoiseLayer):
         return "NoiseLayer: activation and BatchNorm between noise and 1x1 convolution"
     return "bare NoiseMask (only a PerturbConv2d, noise then 1x1 convolution, is folded)"
