@@ -465,6 +465,19 @@ def test_folded_conv2d_checks_its_arguments_and_input():
         FoldedConv2d(4, 8, 0)
 
 
+def test_folded_model_fine_tunes_its_weights_not_its_bias_maps():
+    torch.manual_seed(0)
+    model = nn.Sequential(PerturbConv2d(2, 4, nmasks=3, input_size=5), MixMaps(4)).eval()
+    folded, _ = reparameterize(model)
+    folded.train()
+    folded(torch.randn(3, 2, 5, 5)).square().sum().backward()
+    conv = folded[0]
+    assert isinstance(conv, FoldedConv2d) and conv.weight.grad is not None
+    assert conv.weight.grad.abs().sum() > 0
+    assert dict(conv.named_buffers()).keys() == {"bias"} and not conv.bias.requires_grad
+    assert "0.bias" in folded.state_dict()
+
+
 def test_folded_conv2d_grouped_is_the_grouped_convolution():
     """The addcmul path against ``conv2d(groups=in_channels)``, written out here."""
     torch.manual_seed(0)

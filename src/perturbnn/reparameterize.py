@@ -295,8 +295,12 @@ def _dense(weight: Tensor, groups: int, in_channels: int) -> Tensor:
 def _mergeable(layer: PerturbConv2d, mix: MixMaps) -> bool:
     conv = mix[0]
     return (
-        isinstance(conv, nn.Conv2d)
+        type(conv) is nn.Conv2d
         and conv.in_channels == layer.out_channels
+        and conv.groups == 1
+        and conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding in ((0, 0), "valid")
         and (layer.stride == 1 or layer.pool_type == "avg")  # avg pooling commutes with it
     )
 
