@@ -5,8 +5,9 @@ Layers (:class:`NoiseMask`, :class:`PerturbConv2d`, :class:`MixMaps`, :class:`Pe
 :func:`noiseresnet18`, :func:`perturb_resnet18`, :func:`cifarnet`, :func:`lenet`), deeper ResNets
 (:func:`noiseresnet34` to :func:`noiseresnet152`, :func:`perturb_resnet34`,
 :func:`perturb_resnet50`), their registry, :func:`convert` for existing networks,
-the seed's weight initialization (:func:`init_weights_`), and :func:`share_cpu`, which lowers a
-model's CPU threads while other processes keep the CPUs busy.
+:func:`reparameterize` to fold PNN layers without activation into plain 1x1 convolutions for
+deployment, the independent reproduction's weight initialization (:func:`init_weights_`), and
+:func:`share_cpu`, which lowers a model's CPU threads while other processes keep the CPUs busy.
 """
 
 from perturbnn import functional
@@ -34,6 +35,7 @@ from perturbnn.models import (
     register_model,
     resnet18,
 )
+from perturbnn.reparameterize import FoldedConv2d, FoldedLayer, FoldReport, reparameterize
 from perturbnn.summary import count_mask_values, count_parameters
 from perturbnn.threads import SharedCPU, share_cpu
 
@@ -43,6 +45,9 @@ __all__ = [
     "POOL_TYPES",
     "ConvertReport",
     "ConvertedLayer",
+    "FoldReport",
+    "FoldedConv2d",
+    "FoldedLayer",
     "MixMaps",
     "ModelConfig",
     "NoiseMask",
@@ -70,6 +75,7 @@ __all__ = [
     "perturb_resnet34",
     "perturb_resnet50",
     "register_model",
+    "reparameterize",
     "resnet18",
     "share_cpu",
 ]
