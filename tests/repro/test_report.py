@@ -20,7 +20,7 @@ import pytest
 from perturbnn.repro import scales
 from perturbnn.repro.cli import reproduce as reproduce_cli
 from perturbnn.repro.config import RunConfig
-from perturbnn.repro.experiments import EXPERIMENTS, list_experiments
+from perturbnn.repro.experiments import EXPERIMENTS, list_experiments, presets_of
 from perturbnn.repro.fit import HISTORY_KEYS
 from perturbnn.repro.report import (
     build_report,
@@ -211,7 +211,9 @@ def test_table_rows_carry_exactly_the_logged_numbers(tmp_path: Path) -> None:
     root = write_all(tmp_path / "runs", AGREEING)
     report = build_report(root, tmp_path / "report.md", tmp_path / "img", plots=False)
     markdown = report.markdown.read_text()
-    assert [r.name for r in report.runs] == list_experiments()
+    # Logs without the authors' presets (as the committed ones): named as not run.
+    assert [r.name for r in report.runs] == presets_of("independent")
+    assert "Not run (no log in the folder): `authors-first3`, `authors-all-layers`." in markdown
 
     cells = table_row(markdown, "baseline")
     assert cells[1] == f"`{EXPERIMENTS['baseline'].seed_command}`"

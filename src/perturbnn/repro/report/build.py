@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from perturbnn.repro.experiments import EXPERIMENTS
+from perturbnn.repro.report.authors import authors_markdown
 from perturbnn.repro.report.findings import (
     Finding,
     MetricError,
@@ -123,6 +124,9 @@ def build_report(
     ``out_dir/<experiment>/``). With two or more seeds the report starts with the mean and
     spread over seeds and the seed's comparisons stated with it
     (:mod:`perturbnn.repro.report.seeds`); the per-run sections then show the smallest seed.
+    The section on the authors' recipe (:mod:`perturbnn.repro.report.authors`) follows; from
+    a folder without the authors' presets (logs written before they existed) it lists them as
+    not run, and the report's "Not run" line names them.
 
     Returns:
         Report: the files written and what they were built from.
@@ -174,6 +178,7 @@ def build_report(
         conclusions=_conclusions(conclusions),
         over_seeds=seeds_markdown(experiments, comparisons, links.get("seeds")) if several else (),
         detail_seed=detail_seed if several else None,
+        authors=authors_markdown(experiments),
     )
     if gpu_runs is not None:
         text += "\n" + "\n".join(gpu_runs_section(gpu_runs)) + "\n"
