@@ -81,12 +81,12 @@ def test_section_shows_both_recipes_side_by_side(folder: Path) -> None:
     text = "\n".join(authors_markdown(load_seed_runs(folder)))
     assert "## The authors' recipe at this scale" in text
     assert (
-        "| `authors-first3` | authors | 90.35 | 3 | 46.00 ± 2.00 | 44.00 ± 2.00 | 50.00 ± 3.00 |"
+        "| authors | `authors-first3` | 90.35 | 3 | 46.00 ± 2.00 | 44.00 ± 2.00 | 50.00 ± 3.00 |"
         in text
     )
-    assert "| `authors-all-layers` | authors | 85.92 | 1 | 35.00 | 33.00 | 37.00 |" in text
-    assert "| `no-noise-1x1` | independent | 85.50 | 3 | 42.00 ± 2.65 |" in text
-    assert "| `baseline` | independent | 91.80 | 3 | 52.00 ± 2.00 |" in text
+    assert "| authors | `authors-all-layers` | 85.92 | 1 | 35.00 | 33.00 | 37.00 |" in text
+    assert "| independent | `no-noise-1x1` | 85.50 | 3 | 42.00 ± 2.65 |" in text
+    assert "| independent | `baseline` | 91.80 | 3 | 52.00 ± 2.00 |" in text
     assert (
         "| authors-first3 vs no-noise-1x1 | +4.85 | +4.00 | 3.83 | same as reported |"
     ) in text
@@ -119,5 +119,5 @@ def test_report_places_the_section_and_builds_without_the_authors_runs(
     ).markdown.read_text()
     assert "Not run (no log in the folder): " in text
     assert "`authors-first3`, `authors-all-layers`" in text
-    assert "| `authors-first3` | authors | 90.35 | 0 | not run | | |" in text
+    assert "| authors | `authors-first3` | 90.35 | 0 | not run | | |" in text
     assert "(no run of the authors' presets in this folder)" in text

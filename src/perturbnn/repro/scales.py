@@ -7,8 +7,9 @@ predicted time of each run.
   256 -> 32), each preset's own batch size and learning rate (and, for the authors' presets,
   their optimizer, schedule and noise level), 5 epochs on class-balanced subsets of 2,000
   training and 2,000 test images: the independent reproduction's eight are predicted to take
-  about 12 minutes per seed on a 2-core CPU, all ten about 14, 42 minutes for the three seeds
-  ``reproduce`` runs by default, from measured per-image times (:data:`CPU_COSTS`). Until 0.x
+  about 12 minutes per seed on a 2-core CPU (35 minutes for three seeds), all ten about 13, 39
+  minutes for the three seeds ``reproduce`` runs by default, from measured per-image times
+  (:data:`CPU_COSTS`). Until 0.x
   it was 10 epochs on 4,000 training images, one seed (42 minutes predicted for the eight):
   three seeds at that size would take over two hours.
 * ``full``: the independent reproduction's configuration (its widths, 150 epochs, all 50,000
@@ -93,10 +94,13 @@ def _size(subset: Optional[int], full: int) -> str:
 
 
 _CPU_DESCRIPTION = (
-    "Widths divided by 8 and rounded up (128 -> 16 filters, the baseline's 44 -> 6), so that "
+    "Widths divided by 8 and rounded up (128 -> 16 filters, the baseline's 44 -> 6, the "
+    "authors' all-layers 256 -> 32), so that "
     "the baseline and the PNN variants keep the parameter match the seed made (about 92,000 to "
-    "100,000 parameters each, except the fanout-64 variants, as at the seed's scale). Each "
-    "preset keeps its own batch size (10 or 16) and learning rate: a common batch of 64 would "
+    "100,000 parameters each, except the fanout-64 variants, as at the seed's scale, and the "
+    "authors' all-layers preset, twice as wide: about 358,000). Each "
+    "preset keeps its own batch size (10, 16 or 20) and learning rate (the authors' two also "
+    "their Adam, schedule and noise level 0.1): a common batch of 64 would "
     "change the optimisation the seed compared (4 to 6.4 times fewer steps per epoch), and it "
     "measured no faster for the three fanout-64 experiments that set the budget. Training uses "
     "a class-balanced subset of {train:,} of the 50,000 training images for {epochs} epochs "
@@ -105,7 +109,8 @@ _CPU_DESCRIPTION = (
     "(a binomial standard error of about {se:.1f} points near 50% accuracy). Chosen from "
     "per-image times measured on the 2-core CPU with `--estimate` (the fanout-64 experiments "
     "cost {wide_lo:.0f} to {wide_hi:.0f} ms per training image, the other {narrow_n} "
-    "{narrow_lo:.1f} to {narrow_hi:.1f} ms) so that all {count} are "
+    "{narrow_lo:.1f} to {narrow_hi:.1f} ms; the authors' two are derived from one-thread "
+    "CPU-time ratios, see `perturbnn.repro.scales.CPU_COSTS`) so that all {count} experiments are "
     "predicted to take about {minutes:.0f} minutes per seed ({three:.0f} minutes for three "
     "seeds; the spread over seeds is what tells a real difference from run-to-run noise, so "
     "three seeds of a shorter training were preferred to one seed of a longer one). At this scale the networks are far from "
@@ -168,7 +173,14 @@ def _cpu_description(scale: Scale) -> str:
 #: x1/8), with the preset's batch size, on the 2-core CPU this project is developed on, torch's
 #: default threads, measured with ``--estimate`` on a quiet machine (median step of 12 after 2
 #: warm-up steps, loading the batch included; the larger of two measurements). Used to print
-#: the budget before a ``cpu`` run.
+#: the budget before a ``cpu`` run. The authors' two presets could not be measured so on the
+#: busy machine (load 7 to 11 on the 2 cores: ``--estimate`` gave 20 to 40 times the quiet
+#: figures): theirs are the costs of the independent reproduction's preset of the same network
+#: (``original-first3``, ``pnn-all-layers``) times the ratio of the CPU time of one-thread
+#: steps measured back to back (process time, median of 12 steps, two passes averaged:
+#: x1.05 / x1.03 for ``authors-first3``, the same network with Adam; x1.97 / x1.90 for
+#: ``authors-all-layers``, twice the width, batch 20). Re-measure them with ``--estimate`` on a
+#: quiet machine.
 CPU_COSTS: dict[str, tuple[float, float]] = {
     "baseline": (0.00165, 0.00041),
     "original": (0.00160, 0.00048),
@@ -178,6 +190,8 @@ CPU_COSTS: dict[str, tuple[float, float]] = {
     "pnn-fanout64-unique-mix": (0.01792, 0.00586),
     "pnn-fanout64-shared": (0.01130, 0.00273),
     "pnn-fanout64-shared-trained": (0.01638, 0.00264),
+    "authors-first3": (0.00307, 0.00102),
+    "authors-all-layers": (0.00378, 0.00129),
 }
 
 

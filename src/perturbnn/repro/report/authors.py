@@ -118,7 +118,7 @@ def authors_markdown(experiments: Sequence[ExperimentSeeds]) -> list[str]:
         "reported 89.4% to 90.8%). Figures here in points: mean ± sample standard deviation "
         "over seeds.",
         "",
-        "| Experiment | Source | Reported (full scale) | Seeds | Best exact | Last exact | "
+        "| Source | Experiment | Reported (full scale) | Seeds | Best exact | Last exact | "
         "Original-method figure |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
@@ -127,10 +127,10 @@ def authors_markdown(experiments: Sequence[ExperimentSeeds]) -> list[str]:
         reported = f"{100 * exp.seed_accuracy:.2f}"
         entry = by_name.get(name)
         if entry is None:
-            lines.append(f"| `{name}` | {exp.source} | {reported} | 0 | not run | | |")
+            lines.append(f"| {exp.source} | `{name}` | {reported} | 0 | not run | | |")
             continue
         lines.append(
-            f"| `{name}` | {exp.source} | {reported} | {len(entry.seeds)} | {_cell(entry.best)} "
+            f"| {exp.source} | `{name}` | {reported} | {len(entry.seeds)} | {_cell(entry.best)} "
             f"| {_cell(entry.last)} | {_cell(entry.original)} |"
         )
     comparisons = compare_authors(experiments)
