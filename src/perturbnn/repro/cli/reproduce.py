@@ -527,4 +527,10 @@ def main(argv: Optional[Sequence[str]] = None, *, command: str = PROG) -> int:
     else:
         for finding in report.findings:
             echo(f"  {finding.verdict}: {finding.claim}")
+    if report.authors:
+        echo("the authors' recipe (against the reported figures):")
+        for comparison in report.authors:
+            echo(
+                f"  {comparison.verdict}: {comparison.label} ({comparison.difference:+.2f} points)"
+            )
     return status

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from perturbnn.repro.experiments import EXPERIMENTS
-from perturbnn.repro.report.authors import authors_markdown
+from perturbnn.repro.report.authors import authors_markdown, compare_authors
 from perturbnn.repro.report.findings import (
     Finding,
     MetricError,
@@ -63,6 +63,10 @@ class Report:
         runs (list[RunLog]): the runs it read.
         findings (list[Finding]): the seed's claims, checked.
         metric (MetricError, optional): the run of the metric-error section.
+        experiments (list[ExperimentSeeds]): the runs by experiment and seed.
+        comparisons (list[Comparison]): the seed's comparisons over seeds (two seeds or more).
+        authors (list[Comparison]): the comparisons of the authors' recipe section
+            (:func:`~perturbnn.repro.report.authors.compare_authors`).
     """
 
     markdown: Path
@@ -72,6 +76,7 @@ class Report:
     metric: Optional[MetricError] = None
     experiments: list[ExperimentSeeds] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
+    authors: list[Comparison] = field(default_factory=list)
 
 
 def _relative(target: Path, start: Path) -> str:
@@ -192,4 +197,5 @@ def build_report(
         metric=metric,
         experiments=experiments,
         comparisons=comparisons,
+        authors=compare_authors(experiments),
     )

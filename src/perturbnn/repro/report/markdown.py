@@ -22,6 +22,7 @@ from perturbnn.repro.report.format import (
     _points,
     format_duration,
     format_percent,
+    format_reported,
 )
 from perturbnn.repro.report.runs import (
     LOG_FILE,
@@ -79,7 +80,7 @@ def _results_table(runs: Sequence[RunLog]) -> list[str]:
         cells = [
             f"`{run.name}`",
             command,
-            format_percent(run.seed_accuracy, 1),
+            format_reported(run.seed_accuracy),
             f"{_counted(run, run.best_acc)}, epoch {run.best_epoch}",
             f"{_counted(run, run.last_acc)}, epoch {run.epochs[-1]}",
             f"{format_percent(run.original_best_acc)}, epoch {run.original_best_epoch}",
@@ -273,8 +274,8 @@ def render_markdown(
     if any(run.name not in independent and run.name in EXPERIMENTS for run in runs):
         lines += [
             "These claims are the independent reproduction's, about its own eight experiments; "
-            "the authors' presets are left out of them and of its ranking (see *The authors' "
-            "recipe at this scale*).",
+            "the authors' presets are left out of them and of the ranking in the seed (see *The "
+            "authors' recipe at this scale*).",
             "",
         ]
     for finding in compare_with_seed(runs):
