@@ -79,9 +79,9 @@ AUTHORS_RECIPE: tuple[str, ...] = (
     "Noise in every layer: expr_commands.txt of the same repository (commit 2c1604fa): "
     "perturb_resnet18, --nfilters 256 --batch-size 20 --learning-rate 1e-4 --first_filter_size 0 "
     "--filter_size 0 --nmasks 1 --level 0.1 --optim-method Adam --nepochs 450. Its figure, "
-    "85.92%, is from issue 23 (the authors' README); the README version that lists it is not "
-    "in the stored copies searched, so the pairing of that figure with this command is not "
-    "checked here.",
+    "85.92%, is the one this project's issue 23 quotes from the authors' README; the README "
+    "version that lists it is not in the stored copies searched, so the pairing of that "
+    "figure with this command (256 filters, batch 20) is not checked here.",
     "main.py defaults (commit 2c1604fa): --optim-method Adam, --learning-rate 1e-4, Adam betas "
     "0.9/0.999, --weight-decay 1e-4, --momentum 0.9 (unused by Adam), --batch-size 64, "
     "--nepochs 150, --dropout 0.5 (used by lenet and cifarnet only, not by the ResNets), "
