@@ -500,6 +500,11 @@ def test_finished_runs_are_skipped_and_mismatched_ones_refused(
             [0.45] * cpu.nepochs,
             config=RunConfig.from_experiment("baseline", **settings, manual_seed=seed).to_dict(),
         )
+    # Seed 2 was written before --lr-schedule existed: the default, the same run.
+    old = root / "baseline" / "seed-2" / "summary.json"
+    summary = json.loads(old.read_text())
+    del summary["config"]["lr_schedule"]
+    old.write_text(json.dumps(summary))
     trained: list[int] = []
 
     def fake_training(config: RunConfig, **kwargs: Any) -> Any:
