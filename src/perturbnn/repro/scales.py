@@ -85,7 +85,8 @@ class Scale:
         return (
             f"width x{self.width_factor} ({mapping}), {self.nepochs} "
             f"epoch{'' if self.nepochs == 1 else 's'}, {data}, "
-            f"each preset's batch size and learning rate, device {self.device}"
+            "each preset's batch size and learning rate (the authors' presets: also their "
+            f"optimizer, schedule and noise level), device {self.device}"
         )
 
 
