@@ -2,8 +2,9 @@
 
 A thin caller of the package's command line: the same as ``perturbnn-repro train`` (see
 :mod:`perturbnn.repro.cli.train` for every flag, or run with ``--help``). It takes the seed's
-``main.py`` flags (same spelling, same defaults), optionally one of the eight presets of the
-reproduction notes (``--experiment``); flags given explicitly override the preset.
+``main.py`` flags (same spelling, same defaults), optionally one of the ten presets (the
+independent reproduction's eight, the authors' updated recipe's two; ``--experiment``); flags
+given explicitly override the preset.
 
 Examples (from the repository root; the data is found in ``$PERTURBNN_DATA_DIR`` or
 ``../shared/data`` without a flag)::

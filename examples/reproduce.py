@@ -1,4 +1,5 @@
-"""Run the seed's eight CIFAR-10 experiments at one scale, then write the reproduction report.
+"""Run the ten CIFAR-10 experiments (the independent reproduction's eight, the authors' two) at
+one scale, then write the reproduction report.
 
 A thin caller of the package's command line: the same as ``perturbnn-repro reproduce`` (see
 :mod:`perturbnn.repro.cli.reproduce` for every flag, or run with ``--help``; the scales are in
@@ -9,7 +10,7 @@ An interrupted run continues where it stopped when the same command is run again
 Examples (from the repository root; the data is found in ``$PERTURBNN_DATA_DIR`` or
 ``../shared/data`` without a flag)::
 
-    python examples/reproduce.py                     # --scale cpu: about 42 minutes on 2 cores
+    python examples/reproduce.py                     # --scale cpu: about 39 minutes on 2 cores
     python examples/reproduce.py --estimate
     python examples/reproduce.py --report-only --out-dir runs/reproduce
     python examples/reproduce.py --scale full --out-dir runs/full \\

@@ -1,4 +1,4 @@
-"""Tests of the eight frozen presets of the reproduction notes."""
+"""Tests of the frozen presets: the independent reproduction's eight and the authors' two."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from perturbnn import build_model, list_models
 from perturbnn.repro.config import RunConfig
-from perturbnn.repro.experiments import EXPERIMENTS, Experiment, get_experiment, list_experiments
+from perturbnn.repro.experiments import (
+    EXPERIMENTS,
+    Experiment,
+    get_experiment,
+    list_experiments,
+    presets_of,
+)
+from perturbnn.repro.optim import lr_factor
 
 # The notes' eight experiments, in their order, with the reported (exact) accuracies.
 SEED = [
@@ -27,11 +34,12 @@ SEED = [
 
 
 def test_eight_presets_in_the_notes_order() -> None:
-    assert list_experiments() == [name for name, _, _ in SEED]
+    assert presets_of("independent") == [name for name, _, _ in SEED]
+    assert list_experiments() == [name for name, _, _ in SEED] + list(AUTHORS)
     assert list(EXPERIMENTS) == list_experiments()
     for name, net_type, accuracy in SEED:
         exp = get_experiment(name)
-        assert exp.name == name
+        assert exp.name == name and exp.source == "independent"
         assert exp.net_type == net_type and net_type in list_models()
         assert exp.seed_accuracy == accuracy
         assert exp.config["level"] == 0.5
@@ -72,7 +80,71 @@ def test_preset_values(name: str, config: dict, train: dict) -> None:
     assert dict(exp.train) == train
 
 
-@pytest.mark.parametrize("name", [name for name, _, _ in SEED])
+# The authors' updated recipe (juefeix/pnn.pytorch.update): README commands quoted in its
+# issues 2 and 3 and its expr_commands.txt; figures 90.35% and 85.92%.
+AUTHORS = {
+    "authors-first3": (
+        "noiseresnet18",
+        0.9035,
+        {"nfilters": 128, "first_filter_size": 3, "level": 0.1},
+        10,
+        "--nfilters 128 --batch-size 10 --learning-rate 1e-4 --first_filter_size 3 --level 0.1 "
+        "--optim-method Adam --nepochs 450",
+    ),
+    "authors-all-layers": (
+        "perturb_resnet18",
+        0.8592,
+        {"nfilters": 256, "first_filter_size": 0, "filter_size": 0, "nmasks": 1, "level": 0.1},
+        20,
+        "--nfilters 256 --batch-size 20 --learning-rate 1e-4 --first_filter_size 0 "
+        "--filter_size 0 --nmasks 1 --level 0.1 --optim-method Adam --nepochs 450",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(AUTHORS))
+def test_authors_presets(name: str) -> None:
+    net_type, accuracy, config, batch, flags = AUTHORS[name]
+    exp = get_experiment(name)
+    assert presets_of("authors") == list(AUTHORS)
+    assert (exp.source, exp.net_type, exp.seed_accuracy, exp.dataset) == (
+        "authors", net_type, accuracy, "CIFAR10"
+    )
+    assert exp.seed_command == (
+        f"python main.py --net-type '{net_type}' --dataset-test 'CIFAR10' "
+        f"--dataset-train 'CIFAR10' {flags}"
+    )
+    assert dict(exp.config) == config
+    assert dict(exp.train) == {
+        "batch_size": batch,
+        "learning_rate": 1e-4,
+        "optim_method": "Adam",
+        "weight_decay": 1e-4,
+        "nepochs": 450,
+        "lr_schedule": "authors",
+    }
+    assert "90.35%" in exp.description or "85.92%" in exp.description
+    run = RunConfig.from_experiment(name)
+    assert (run.optim_method, run.lr_schedule, run.level, run.nepochs) == ("Adam", "authors", 0.1, 450)
+    assert (run.batch_size, run.learning_rate, run.weight_decay) == (batch, 1e-4, 1e-4)
+
+
+def test_authors_schedule_and_the_independent_one() -> None:
+    # main.py of the authors' update: x0.2 from epochs 150, 250, 300, 350, 400 on CIFAR-10.
+    assert [lr_factor("CIFAR10", e, "authors") for e in (1, 149, 150, 249, 250, 399, 400, 450)] == (
+        pytest.approx([1, 1, 0.2, 0.2, 0.04, 0.2**4, 0.2**5, 0.2**5])
+    )
+    assert lr_factor("CIFAR10", 60) == 0.2  # the independent reproduction's default
+    assert lr_factor("MNIST", 30, "authors") == lr_factor("MNIST", 30) == 0.2
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'author'"):
+        lr_factor("CIFAR10", 1, "author")
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        RunConfig(lr_schedule="seed")
+    with pytest.raises(ValueError, match="source must be one of"):
+        Experiment("x", "d", "resnet18", "cmd", 0.5, source="mine")
+
+
+@pytest.mark.parametrize("name", [*(name for name, _, _ in SEED), *AUTHORS])
 def test_preset_builds_and_gives_logits(name: str) -> None:
     config = RunConfig.from_experiment(name, nfilters=8)
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from torch import nn
 import perturbnn
 from perturbnn import build_model, init_weights_
 from perturbnn.repro.config import RunConfig
-from perturbnn.repro.experiments import EXPERIMENTS
+from perturbnn.repro.experiments import EXPERIMENTS, presets_of
 from perturbnn.repro.run import prepare_run
 from perturbnn.repro.runtime import set_seed
 
@@ -75,12 +75,18 @@ def test_resume_loads_weights_and_never_initializes(
 
 
 def test_presets_keep_only_batch_size_and_learning_rate() -> None:
-    for name, exp in EXPERIMENTS.items():
+    for name in presets_of("independent"):
+        exp = EXPERIMENTS[name]
         assert set(exp.train) == {"batch_size", "learning_rate"}, name
         config = RunConfig.from_experiment(name)
         assert (config.optim_method, config.momentum, config.weight_decay) == ("SGD", 0.9, 1e-4)
         assert (config.nepochs, config.dropout, config.manual_seed) == (150, 0.5, 1)
+        assert config.lr_schedule == "independent"
         assert "--optim-method" not in exp.seed_command  # the seed's default: SGD
+    for name in presets_of("authors"):  # their own recipe, every option of it stated
+        config = RunConfig.from_experiment(name)
+        assert (config.optim_method, config.lr_schedule, config.nepochs) == ("Adam", "authors", 450)
+        assert (config.learning_rate, config.weight_decay, config.level) == (1e-4, 1e-4, 0.1)
 
 
 def test_a_checkpoint_of_another_schedule_is_refused_clearly() -> None:
@@ -98,3 +104,17 @@ def test_a_checkpoint_of_another_schedule_is_refused_clearly() -> None:
     }  # fmt: skip
     with pytest.raises(CheckpointError, match="learning-rate schedule"):
         restore_checkpoint(checkpoint, model, optimizer, make_scheduler(optimizer, "CIFAR10"))
+
+
+def test_a_checkpoint_of_the_other_lr_schedule_is_refused() -> None:
+    from perturbnn.repro.checkpoint import CheckpointError
+    from perturbnn.repro.run import _check_resume
+
+    model = nn.Linear(2, 2)
+    config = RunConfig(lr_schedule="independent")
+    saved = {"model": model.state_dict(), "config": {"lr_schedule": "authors"}}
+    with pytest.raises(CheckpointError, match="lr_schedule: 'authors' in the checkpoint"):
+        _check_resume(saved, config, model)
+    # A checkpoint written before the option existed has no lr_schedule: not compared.
+    _check_resume({"model": model.state_dict(), "config": {}}, config, model)
+    _check_resume(saved, config.replace(lr_schedule="authors"), model)

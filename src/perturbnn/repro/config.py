@@ -24,6 +24,7 @@ from perturbnn.models._registry import check_model_name
 from perturbnn.repro.data import dataset_info
 from perturbnn.repro.experiments import Experiment, get_experiment
 from perturbnn.repro.optim import (
+    LR_RULES,
     _canonical_optimizer,
 )
 from perturbnn.repro.runtime import (
@@ -93,6 +94,10 @@ class RunConfig:
         batch_size, learning_rate, nepochs, optim_method, weight_decay, momentum, manual_seed: training options; the seed's defaults are batch 64, rate 1e-3, 150
             epochs, SGD with Nesterov momentum 0.9 and weight decay 1e-4, seed 1 (the rate then
             follows :func:`perturbnn.repro.optim.lr_factor`).
+        lr_schedule: which learning-rate schedules, a key of
+            :data:`perturbnn.repro.optim.LR_RULES` (``--lr-schedule``): ``"independent"`` (the
+            default, the independent reproduction's) or ``"authors"`` (the authors' updated
+            repository: on CIFAR-10 x0.2 from epochs 150, 250, 300, 350, 400).
         train_subset, test_subset: use a deterministic, class-balanced subset of N samples
             (``None``: all).
         out_dir: where to write logs and checkpoints (``None``: nothing is written).
@@ -135,6 +140,7 @@ class RunConfig:
     learning_rate: float = 1e-3
     nepochs: int = 150
     optim_method: str = "SGD"
+    lr_schedule: str = "independent"
     weight_decay: float = 1e-4
     momentum: float = 0.9
     manual_seed: int = 1
@@ -184,6 +190,7 @@ class RunConfig:
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number, got {value}")
         check_choice("impl", self.impl, IMPLS)
+        check_choice("lr_schedule", self.lr_schedule, LR_RULES)
         # Names are checked here, before any data is looked for or a line is printed.
         check_model_name(self.net_type)
         check_choice("act", self.act, ACTIVATIONS)
@@ -306,4 +313,10 @@ MACHINE_FIELDS: tuple[str, ...] = (
     "impl",
 )
 
-RESUME_FIELDS: tuple[str, ...] = ("net_type", "dataset_train", *MODEL_OPTIONS, "optim_method")
+RESUME_FIELDS: tuple[str, ...] = (
+    "net_type",
+    "dataset_train",
+    *MODEL_OPTIONS,
+    "optim_method",
+    "lr_schedule",
+)

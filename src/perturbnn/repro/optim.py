@@ -4,7 +4,10 @@ Source: the seed's ``main.py`` options and defaults (``--optim-method SGD``: Nes
 0.9, weight decay 1e-4; Adam with betas 0.9/0.999 and RMSprop also available) and its
 per-data-set learning-rate schedule (issue "Faithful to the seed"). The schedule the harness
 used before, x0.2 at epochs 150, 250, 300, 350, 400, belongs to the original authors' later
-code, not to the seed.
+code, not to the seed; it is kept as the ``"authors"`` rule (:data:`LR_RULES`) for the presets
+of the authors' updated recipe (``juefeix/pnn.pytorch.update``, ``main.py``: on CIFAR-10 the
+rate is multiplied by 0.2 from epochs 150, 250, 300, 350 and 400; its other data sets keep the
+schedules of the independent reproduction).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, MultiStepLR
 
 __all__ = [
+    "LR_RULES",
     "LR_SCHEDULES",
     "OPTIMIZERS",
     "LRSchedule",
@@ -73,42 +77,67 @@ LR_SCHEDULES: Mapping[str, LRSchedule] = {
 }
 
 
+#: The learning-rate rules by name (``RunConfig.lr_schedule``, the ``--lr-schedule`` flag):
+#: ``"independent"``, the schedules of the independent reproduction's ``main.py``
+#: (:data:`LR_SCHEDULES`, the default); ``"authors"``, those of the authors' updated
+#: repository (``juefeix/pnn.pytorch.update``, ``main.py``), which differ on CIFAR-10 only: x0.2
+#: from epochs 150, 250, 300, 350 and 400 (for their 450-epoch runs).
+LR_RULES: Mapping[str, Mapping[str, LRSchedule]] = {
+    "independent": LR_SCHEDULES,
+    "authors": {**LR_SCHEDULES, "CIFAR10": LRSchedule(0.2, (150, 250, 300, 350, 400))},
+}
+
+
 def _key(name: str) -> str:
     return name.upper().replace("-", "").replace("_", "")
 
 
-def _schedule(dataset: str) -> LRSchedule:
-    by_key = {_key(name): schedule for name, schedule in LR_SCHEDULES.items()}
+def _rule(rule: str) -> Mapping[str, LRSchedule]:
+    try:
+        return LR_RULES[rule]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown learning-rate schedule {rule!r}; valid names: {', '.join(LR_RULES)}"
+        ) from None
+
+
+def _schedule(dataset: str, rule: str = "independent") -> LRSchedule:
+    schedules = _rule(rule)
+    by_key = {_key(name): schedule for name, schedule in schedules.items()}
     try:
         return by_key[_key(str(dataset))]
     except KeyError:
         raise ValueError(
             f"no learning-rate schedule for data set {dataset!r}; known: "
-            f"{', '.join(LR_SCHEDULES)} (or pass milestones=...)"
+            f"{', '.join(schedules)} (or pass milestones=...)"
         ) from None
 
 
-def lr_factor(dataset: str, epoch: int) -> float:
-    """The seed's factor on the base learning rate for epoch ``epoch`` of ``dataset``.
+def lr_factor(dataset: str, epoch: int, rule: str = "independent") -> float:
+    """The factor on the base learning rate for epoch ``epoch`` of ``dataset``.
 
     Args:
         dataset (str): the training data set (case-insensitive; ``-`` and ``_`` ignored).
         epoch (int): the epoch, counted from 1; the rate is set before its first step.
+        rule (str): a key of :data:`LR_RULES`. Default: ``"independent"`` (the independent
+            reproduction's schedules).
 
     Returns:
-        float: e.g. ``0.2`` for CIFAR-10 epochs 60 to 89.
+        float: e.g. ``0.2`` for CIFAR-10 epochs 60 to 89 (``"authors"``: 150 to 249).
 
     Raises:
-        ValueError: on an unknown data set or an epoch below 1.
+        ValueError: on an unknown data set or rule, or an epoch below 1.
 
     Example::
 
         >>> lr_factor("CIFAR10", 59), lr_factor("CIFAR10", 60), lr_factor("ImageFolder", 31)
         (1.0, 0.2, 0.1)
+        >>> lr_factor("CIFAR10", 149, "authors"), lr_factor("CIFAR10", 150, "authors")
+        (1.0, 0.2)
     """
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
         raise ValueError(f"epoch must be an int >= 1 (counted from 1), got {epoch!r}")
-    return _schedule(dataset).factor(epoch)
+    return _schedule(dataset, rule).factor(epoch)
 
 
 def _factor_at_index(schedule: LRSchedule, index: int) -> float:
@@ -188,6 +217,7 @@ def make_scheduler(
     *,
     milestones: Optional[Sequence[int]] = None,
     gamma: float = 0.2,
+    rule: str = "independent",
 ) -> LRScheduler:
     """The seed's learning-rate schedule for ``dataset`` (see :data:`LR_SCHEDULES`).
 
@@ -202,13 +232,15 @@ def make_scheduler(
         milestones (Sequence[int], optional): instead of the seed's schedule, multiply the rate
             by ``gamma`` at these 0-based epoch indices (``MultiStepLR``).
         gamma (float): decay factor with ``milestones``. Default: ``0.2``.
+        rule (str): which schedules, a key of :data:`LR_RULES`. Default: ``"independent"``.
 
     Returns:
         LRScheduler: a ``LambdaLR`` over :func:`lr_factor` (a ``MultiStepLR`` with
         ``milestones``).
 
     Raises:
-        ValueError: if ``dataset`` has no known schedule and no ``milestones`` are given.
+        ValueError: if ``dataset`` has no known schedule or ``rule`` is unknown, and no
+            ``milestones`` are given.
 
     Example::
 
@@ -221,5 +253,5 @@ def make_scheduler(
     """
     if milestones is not None:
         return MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
-    schedule = _schedule(dataset)
+    schedule = _schedule(dataset, rule)
     return LambdaLR(optimizer, functools.partial(_factor_at_index, schedule))

@@ -257,7 +257,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
-    scheduler = make_scheduler(optimizer, config.dataset_train)
+    scheduler = make_scheduler(optimizer, config.dataset_train, rule=config.lr_schedule)
     parameters, mask_values = _count(model)
     return PreparedRun(
         config=config,

@@ -5,7 +5,8 @@ Three commands:
 * ``perturbnn-repro demo [options]`` (also what ``perturbnn-repro`` runs without a command):
   one short run, about 1.5 minutes on 2 quiet CPU cores, printing the exact accuracy against the
   original method's figure (:mod:`perturbnn.repro.cli.demo`).
-* ``perturbnn-repro reproduce [options]``: the seed's eight experiments at one scale
+* ``perturbnn-repro reproduce [options]``: the ten experiments (the independent
+  reproduction's eight, the authors' recipe's two) at one scale
   (``--scale cpu`` by default) over seeds (``1 2 3`` by default), then the report
   (:mod:`perturbnn.repro.cli.reproduce`; ``examples/reproduce.py``).
 * ``perturbnn-repro train [options]``: one run with the seed's ``main.py`` flags
@@ -28,12 +29,12 @@ __all__ = ["main"]
 PROG = "perturbnn-repro"
 
 _USAGE = f"""usage: {PROG} [demo] [options]        one short run: exact vs original figure (default)
-       {PROG} reproduce [options]     the eight experiments over seeds, and the report
+       {PROG} reproduce [options]     the ten experiments over seeds, and the report
        {PROG} train [options]         one run with the seed's main.py flags
 
 Without a command, {PROG} runs `demo`: one short CIFAR-10 run (about 1.5 minutes on 2 quiet CPU
 cores) printing the exact test accuracy, the original method's figure and the gap. The full
-reproduction is `reproduce` (about 35 minutes on 2 cores at its defaults). The data is looked
+reproduction is `reproduce` (about 39 minutes on 2 quiet cores at its defaults). The data is looked
 for in --data-dir, else $PERTURBNN_DATA_DIR, else ./data or ../shared/data (the first that
 exists); --download fetches a missing data set with torchvision (into --data-dir, else
 $PERTURBNN_DATA_DIR, else ./data; CIFAR-10 is about 170 MB) and never fetches it twice.

@@ -16,7 +16,7 @@ figure 41.6% (+6.3 points).
 At this size the original-method figure swings by several points from batch to batch, so one
 run's gap is not reliably positive; the printed summary then says so in one sentence, from
 the noise it computes (:func:`gap_sentence`), instead of letting a negative gap stand against
-the README. The full reproduction (the eight experiments over three seeds, with the spread)
+the README. The full reproduction (the ten experiments over three seeds, with the spread)
 is ``perturbnn-repro reproduce``.
 """
 
@@ -234,6 +234,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     echo(gap_sentence(summary.gap, summary.best_acc, config.batch_size))
     echo(thread_sentence(summary.metadata.get("threads"), config.out_dir))
     echo(
-        "The full reproduction (eight experiments, three seeds, report): perturbnn-repro reproduce"
+        "The full reproduction (ten experiments, three seeds, report): perturbnn-repro reproduce"
     )
     return 0

@@ -4,7 +4,8 @@
 It parses the independent reproduction's flags (same defaults; spelled with dashes,
 ``--first-filter-size``, with that code's own spellings, ``--first_filter_size`` or
 ``--no-unique_masks``, accepted as hidden aliases so its commands run unchanged), optionally
-applies one of the eight presets of the reproduction notes, and calls the library. Flags given explicitly on the command
+applies one of the ten presets (the independent reproduction's eight and the authors' two,
+``--list-experiments``), and calls the library. Flags given explicitly on the command
 line override the preset. Every option is checked, and the data, model and optimizer are built
 (:func:`perturbnn.repro.run.prepare_run`), before the configuration is printed: bad input gives
 one ``error:`` line naming the flag, and nothing else.
@@ -67,7 +68,7 @@ from perturbnn.repro.data import DATASETS, DataCorruptError, DataNotFoundError
 from perturbnn.repro.distributed import destroy_distributed, is_main_process
 from perturbnn.repro.experiments import EXPERIMENTS, get_experiment
 from perturbnn.repro.fit import FitSummary
-from perturbnn.repro.optim import LR_SCHEDULES
+from perturbnn.repro.optim import LR_RULES, LR_SCHEDULES
 from perturbnn.repro.outdir import OutDirError, check_out_dir
 from perturbnn.repro.run import PreparedRun, prepare_run
 from perturbnn.repro.runtime import log_to_stdout, threads_for_run
@@ -103,8 +104,8 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
         "--experiment",
         default=None,
         metavar="NAME",
-        help="apply a preset of the reproduction notes (see --list-experiments); explicit "
-        "flags override it",
+        help="apply a preset (the independent reproduction's eight or the authors' two, see "
+        "--list-experiments); explicit flags override it",
     )
     add(
         "--list-experiments",
@@ -213,6 +214,15 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
     add("--dropout", type=float, default=defaults.dropout, help="dropout (lenet, cifarnet)")
     add("--nepochs", type=int, default=defaults.nepochs, help="number of epochs in total")
     add("--optim-method", default=defaults.optim_method, help="Adam, RMSprop or SGD")
+    add(
+        "--lr-schedule",
+        type=choice(list(LR_RULES), what="learning-rate schedule"),
+        metavar="NAME",
+        default=defaults.lr_schedule,
+        help="learning-rate schedule: independent (the independent reproduction's; CIFAR-10 "
+        "x0.2 from epochs 60, 90, 120, 160) or authors (the authors' updated recipe; CIFAR-10 "
+        "x0.2 from epochs 150, 250, 300, 350, 400)",
+    )
     add("--weight-decay", type=float, default=defaults.weight_decay, help="weight decay")
     add("--momentum", type=float, default=defaults.momentum, help="momentum (RMSprop, SGD)")
     add("--manual-seed", type=int, default=defaults.manual_seed, help="random seed")
@@ -284,17 +294,23 @@ def print_experiments() -> None:
     d = RunConfig()
     schedule = LR_SCHEDULES[d.dataset_train]
     echo(
-        f"recipe (the seed's main.py defaults): {d.optim_method} with Nesterov momentum "
+        f"recipe (the independent reproduction's main.py defaults): {d.optim_method} with Nesterov momentum "
         f"{d.momentum}, weight decay {d.weight_decay}, {d.nepochs} epochs, learning rate "
         f"x{schedule.gamma} from epochs {', '.join(map(str, schedule.milestones))} "
         f"({d.dataset_train}), seed {d.manual_seed}, dropout {d.dropout}, noise level {d.level}, "
         "weights initialized by perturbnn.init_weights_; each command sets its own batch size "
         "and learning rate"
     )
+    echo(
+        "the authors' presets (authors-*) set their own recipe instead: Adam at 1e-4, weight "
+        "decay 1e-4, 450 epochs, --lr-schedule authors (x0.2 from epochs 150, 250, 300, 350, "
+        "400), noise level 0.1"
+    )
     width = max(len(name) for name in EXPERIMENTS)
-    echo(f"{'name':<{width}}  {'seed acc':>8}  seed command")
+    echo(f"{'name':<{width}}  {'source':<11}  {'reported':>8}  command")
     for name, exp in EXPERIMENTS.items():
-        echo(f"{name:<{width}}  {exp.seed_accuracy:>8.1%}  {exp.seed_command}")
+        reported = f"{100 * exp.seed_accuracy:g}%"
+        echo(f"{name:<{width}}  {exp.source:<11}  {reported:>8}  {exp.seed_command}")
 
 
 def resolve_config(argv: Optional[Sequence[str]]) -> RunConfig:
@@ -329,7 +345,7 @@ def print_config(config: RunConfig) -> None:
         echo(f"  {key}: {value}")
     if config.experiment is not None:
         exp = get_experiment(config.experiment)
-        echo(f"  seed command: {exp.seed_command}")
+        echo(f"  {exp.source} command: {exp.seed_command}")
 
 
 def print_result(summary: FitSummary, config: RunConfig) -> None:
@@ -341,7 +357,8 @@ def print_result(summary: FitSummary, config: RunConfig) -> None:
     ]
     if config.experiment is not None:
         exp = get_experiment(config.experiment)
-        rows.append((f"seed reported accuracy ({exp.name})", f"{exp.seed_accuracy:.1%}"))
+        who = "independent reproduction" if exp.source == "independent" else "authors"
+        rows.append((f"reported accuracy ({exp.name}, {who})", f"{100 * exp.seed_accuracy:g}%"))
     width = max(len(label) for label, _ in rows)
     echo()
     echo(

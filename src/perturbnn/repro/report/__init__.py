@@ -12,6 +12,8 @@ Main entry points:
 
 * :func:`load_run` / :func:`load_runs`: one run folder, or every run folder under a root.
 * :func:`compare_with_seed`: the seed's three ordering claims, checked against the runs.
+* :func:`compare_authors`, :func:`authors_markdown`: the authors' updated recipe against the
+  1x1 network and the baseline, over seeds.
 * :func:`metric_error`: one run's exact accuracy against the original method's figure.
 * :func:`render_markdown`: the report as a string.
 * :func:`plot_run`, :func:`plot_comparison`, :func:`plot_metric_error`: PNG plots (need
@@ -30,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+from perturbnn.repro.report.authors import AUTHORS_PAIRS, authors_markdown, compare_authors
 from perturbnn.repro.report.build import Report, build_report
 from perturbnn.repro.report.findings import (
     ABOUT_EQUAL_POINTS,
@@ -69,6 +72,7 @@ from perturbnn.repro.report.seeds import (
 
 __all__ = [
     "ABOUT_EQUAL_POINTS",
+    "AUTHORS_PAIRS",
     "LOG_FILE",
     "MANIFEST_FILE",
     "SUMMARY_FILE",
@@ -79,7 +83,9 @@ __all__ = [
     "Report",
     "RunLog",
     "Spread",
+    "authors_markdown",
     "build_report",
+    "compare_authors",
     "compare_over_seeds",
     "compare_with_seed",
     "format_duration",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from perturbnn.repro.experiments import EXPERIMENTS
+from perturbnn.repro.report.authors import authors_markdown, compare_authors
 from perturbnn.repro.report.findings import (
     Finding,
     MetricError,
@@ -62,6 +63,10 @@ class Report:
         runs (list[RunLog]): the runs it read.
         findings (list[Finding]): the seed's claims, checked.
         metric (MetricError, optional): the run of the metric-error section.
+        experiments (list[ExperimentSeeds]): the runs by experiment and seed.
+        comparisons (list[Comparison]): the seed's comparisons over seeds (two seeds or more).
+        authors (list[Comparison]): the comparisons of the authors' recipe section
+            (:func:`~perturbnn.repro.report.authors.compare_authors`).
     """
 
     markdown: Path
@@ -71,6 +76,7 @@ class Report:
     metric: Optional[MetricError] = None
     experiments: list[ExperimentSeeds] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
+    authors: list[Comparison] = field(default_factory=list)
 
 
 def _relative(target: Path, start: Path) -> str:
@@ -123,6 +129,9 @@ def build_report(
     ``out_dir/<experiment>/``). With two or more seeds the report starts with the mean and
     spread over seeds and the seed's comparisons stated with it
     (:mod:`perturbnn.repro.report.seeds`); the per-run sections then show the smallest seed.
+    The section on the authors' recipe (:mod:`perturbnn.repro.report.authors`) follows; from
+    a folder without the authors' presets (logs written before they existed) it lists them as
+    not run, and the report's "Not run" line names them.
 
     Returns:
         Report: the files written and what they were built from.
@@ -174,6 +183,7 @@ def build_report(
         conclusions=_conclusions(conclusions),
         over_seeds=seeds_markdown(experiments, comparisons, links.get("seeds")) if several else (),
         detail_seed=detail_seed if several else None,
+        authors=authors_markdown(experiments),
     )
     if gpu_runs is not None:
         text += "\n" + "\n".join(gpu_runs_section(gpu_runs)) + "\n"
@@ -187,4 +197,5 @@ def build_report(
         metric=metric,
         experiments=experiments,
         comparisons=comparisons,
+        authors=compare_authors(experiments),
     )

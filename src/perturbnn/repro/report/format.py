@@ -19,6 +19,14 @@ def format_percent(fraction: Optional[float], decimals: int = 2) -> str:
     return f"{100 * fraction:.{decimals}f}%"
 
 
+def format_reported(fraction: Optional[float]) -> str:
+    """A reported accuracy with the digits its source gave: ``0.918`` as ``"91.8%"``,
+    ``0.9035`` as ``"90.35%"``; ``None`` as ``"n/a"``."""
+    if fraction is None:
+        return "n/a"
+    return f"{round(100 * fraction, 2):g}%"
+
+
 def _points(difference: float) -> str:
     """A difference of fractions in signed percentage points: ``0.0462`` as ``"+4.62"``."""
     return f"{100 * difference:+.2f}"

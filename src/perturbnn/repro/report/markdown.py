@@ -1,4 +1,5 @@
-"""The report as markdown: the results table, the seed comparison, the metric error, GPU runs."""
+"""The report as markdown: the results table, the seed comparison, the authors' recipe, the
+metric error, GPU runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from perturbnn.repro.experiments import EXPERIMENTS
+from perturbnn.repro.experiments import EXPERIMENTS, presets_of
 from perturbnn.repro.report.findings import (
     MetricError,
     _epoch_rows,
@@ -21,6 +22,7 @@ from perturbnn.repro.report.format import (
     _points,
     format_duration,
     format_percent,
+    format_reported,
 )
 from perturbnn.repro.report.runs import (
     LOG_FILE,
@@ -64,7 +66,7 @@ def _pair(here: Optional[int], seed: Optional[int]) -> str:
 
 def _results_table(runs: Sequence[RunLog]) -> list[str]:
     lines = [
-        "| Experiment | Seed command | Seed reports | Exact here, best epoch | "
+        "| Experiment | Source's command | Source reports | Exact here, best epoch | "
         "Exact here, last epoch | Original-method figure, best epoch (same run) | "
         "Parameters here / seed scale | Mask values here / seed scale | Scale | Wall time |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
@@ -78,7 +80,7 @@ def _results_table(runs: Sequence[RunLog]) -> list[str]:
         cells = [
             f"`{run.name}`",
             command,
-            format_percent(run.seed_accuracy, 1),
+            format_reported(run.seed_accuracy),
             f"{_counted(run, run.best_acc)}, epoch {run.best_epoch}",
             f"{_counted(run, run.last_acc)}, epoch {run.epochs[-1]}",
             f"{format_percent(run.original_best_acc)}, epoch {run.original_best_epoch}",
@@ -171,6 +173,7 @@ def render_markdown(
     conclusions: Optional[str] = None,
     over_seeds: Sequence[str] = (),
     detail_seed: Optional[int] = None,
+    authors: Sequence[str] = (),
 ) -> str:
     """The report as markdown.
 
@@ -189,13 +192,20 @@ def render_markdown(
             (:func:`~perturbnn.repro.report.seeds.seeds_markdown`), put before the results.
         detail_seed (int, optional): the seed whose runs ``runs`` are, when there are several
             seeds (the per-run sections then say so).
+        authors (Sequence[str]): the authors' recipe section's lines
+            (:func:`~perturbnn.repro.report.authors.authors_markdown`), put after the over-seeds
+            section.
 
     Returns:
         str: the markdown text, ending with a newline.
     """
     links = dict(images or {})
     info = dict(manifest or {})
-    lines = ["# Reproduction of the seed's eight CIFAR-10 experiments", ""]
+    lines = [
+        "# Reproduction of the PNN CIFAR-10 experiments: the independent reproduction's eight "
+        "and the authors' recipe",
+        "",
+    ]
     command = info.get("command")
     where = f" from the logs in `{source}`" if source else ""
     lines.append(
@@ -223,6 +233,8 @@ def render_markdown(
         lines += ["", f"Not run (no log in the folder): {', '.join(f'`{m}`' for m in missing)}."]
     if over_seeds:
         lines += ["", *over_seeds]
+    if authors:
+        lines += ["", *authors]
     lines += [
         "",
         "## Results" + (f" of seed {detail_seed}" if detail_seed is not None else ""),
@@ -239,8 +251,10 @@ def render_markdown(
         ),
         *_results_table(runs),
         "",
-        "- *Seed reports*: the test accuracy the seed's notes give (150 epochs, all 50,000 "
-        "training and 10,000 test images, the seed's widths), measured exactly.",
+        "- *Source's command*, *Source reports*: the command line and the test accuracy of the "
+        "preset's source: the independent reproduction's notes (150 epochs, its widths, the "
+        "exact accuracy) for the first eight, the authors' updated repository (450 epochs, "
+        "Adam) for `authors-*`; all 50,000 training and 10,000 test images.",
         "- *Exact here*: correct / total over the test images used, with the count; at the best "
         "epoch (how the seed reports) and at the last epoch (no selection on the test set).",
         "- *Original-method figure*: what the original PNN code would have printed for the same "
@@ -256,12 +270,24 @@ def render_markdown(
         "reports them.",
         "",
     ]
+    independent = set(presets_of("independent"))
+    if any(run.name not in independent and run.name in EXPERIMENTS for run in runs):
+        lines += [
+            "These claims are the independent reproduction's, about its own eight experiments; "
+            "the authors' presets are left out of them and of the ranking in the seed (see *The "
+            "authors' recipe at this scale*).",
+            "",
+        ]
     for finding in compare_with_seed(runs):
         lines.append(
             f"- **{finding.verdict}**: the seed finds that {finding.claim}; {finding.text}"
         )
     if runs:
-        ranked_seed = [r for r in runs if r.seed_accuracy is not None]
+        ranked_seed = [
+            r
+            for r in runs
+            if r.seed_accuracy is not None and (r.name in independent or r.name not in EXPERIMENTS)
+        ]
         lines += ["", f"- Ranking here: {_ranking(runs, lambda r: r.best_acc)}."]
         if ranked_seed:
             lines.append(

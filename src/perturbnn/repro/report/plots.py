@@ -12,6 +12,7 @@ from perturbnn.repro.report.findings import (
 )
 from perturbnn.repro.report.format import (
     format_percent,
+    format_reported,
 )
 from perturbnn.repro.report.runs import (
     RunLog,
@@ -94,7 +95,7 @@ def plot_run(run: RunLog, path: PathLike) -> Path:
             color="0.5",
             lw=1,
             ls=":",
-            label=f"seed reports {format_percent(run.seed_accuracy, 1)} (full scale)",
+            label=f"source reports {format_reported(run.seed_accuracy)} (full scale)",
         )
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")

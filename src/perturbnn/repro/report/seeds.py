@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from perturbnn.repro.experiments import EXPERIMENTS
+from perturbnn.repro.experiments import EXPERIMENTS, presets_of
 from perturbnn.repro.report.findings import ABOUT_EQUAL_POINTS
 from perturbnn.repro.report.runs import LOG_FILE, RunLog, load_run
 
@@ -173,8 +173,8 @@ def load_seed_runs(root: PathLike) -> list[ExperimentSeeds]:
     run's ``name`` is set to the experiment's name.
 
     Returns:
-        list[ExperimentSeeds]: the eight presets in the order of the notes first, then others
-        by name; experiments without any run are left out.
+        list[ExperimentSeeds]: the presets in :func:`~perturbnn.repro.experiments.list_experiments`
+        order first, then others by name; experiments without any run are left out.
 
     Raises:
         FileNotFoundError: if ``root`` is not a folder.
@@ -272,18 +272,21 @@ def compare_over_seeds(experiments: Sequence[ExperimentSeeds]) -> list[Compariso
     against the baseline), ``no-noise-1x1`` vs each noise variant (``original``,
     ``original-first3``, ``pnn-*``; the seed's sign is that of the noise variant's accuracy
     minus the 1x1 one's, so the label reads "variant vs no-noise-1x1"). Within runs (paired by
-    seed): the original method's figure vs the best exact accuracy, for every experiment.
+    seed): the original method's figure vs the best exact accuracy, for every experiment. Only
+    the independent reproduction's presets: the authors' are compared in
+    :mod:`perturbnn.repro.report.authors`, against their own reported figures.
     """
     by_name = {e.name: e for e in experiments}
+    independent = presets_of("independent")
     out: list[Comparison] = []
     if "baseline" in by_name and "no-noise-1x1" in by_name:
         out.append(_between(by_name["baseline"], by_name["no-noise-1x1"]))
     if "no-noise-1x1" in by_name:
-        for name in EXPERIMENTS:
+        for name in independent:
             if name in ("baseline", "no-noise-1x1") or name not in by_name:
                 continue
             out.append(_between(by_name[name], by_name["no-noise-1x1"]))
-    out += [_metric(e) for e in experiments if e.name in EXPERIMENTS]
+    out += [_metric(e) for e in experiments if e.name in independent]
     return out
 
 
