@@ -221,7 +221,7 @@ def test_table_rows_carry_exactly_the_logged_numbers(tmp_path: Path) -> None:
     assert cells[3] == "50.30% (503/1,000), epoch 2"
     assert cells[4] == "48.70% (487/1,000), epoch 3"
     assert cells[5] == "56.20%, epoch 2"
-    # The seed's own counts for its baseline (resnet18, 44 filters): 5,284,982 parameters, no
+    # The independent reproduction's own counts for its baseline (resnet18, 44 filters): 5,284,982 parameters, no
     # masks (pinned independently in tests/models/test_models.py).
     assert cells[6] == "12,345 / 5,284,982"
     assert cells[7] == "678 / 0"
@@ -238,7 +238,7 @@ def test_table_rows_carry_exactly_the_logged_numbers(tmp_path: Path) -> None:
 
 
 def test_seed_scale_counts_are_the_seeds_published_counts() -> None:
-    # Hard-coded from the seed's configurations (the README table), not from our builders:
+    # Hard-coded from the independent reproduction's configurations (the README table), not from our builders:
     # experiment 7 (fanout 64, shared masks) and the baseline.
     assert seed_scale_counts("pnn-fanout64-shared") == (1_220_234, 412_672)
     assert seed_scale_counts("pnn-fanout64-shared-trained") == (1_220_234, 412_672)
@@ -261,7 +261,7 @@ def test_format_duration() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The seed's claims, computed from the data
+# The independent reproduction's claims, computed from the data
 # --------------------------------------------------------------------------------------------
 
 
@@ -275,8 +275,8 @@ def test_findings_agree_with_the_seed_when_the_data_do(tmp_path: Path) -> None:
     assert "`original-first3` minus `no-noise-1x1` is +0.40 points" in no_noise.text
     assert "in all 8 runs the best original-method figure is above" in above.text
     markdown = render_markdown(runs)
-    assert markdown.count("**Same as the seed**") == 3
-    assert "Differs from the seed" not in markdown
+    assert markdown.count("**Agrees with Klachko**") == 3
+    assert "Differs from Klachko" not in markdown
     assert "Ranking here: `baseline` 50.30% > `original-first3` 40.10% > `no-noise-1x1`" in (
         markdown
     )
@@ -296,7 +296,7 @@ def test_findings_say_plainly_where_the_data_differ(tmp_path: Path) -> None:
     assert "in 1 of 8 runs the best original-method figure is **not** above" in above.text
     assert "`original` (-2.00 points)" in above.text
     markdown = render_markdown(runs)
-    assert markdown.count("**Differs from the seed**") == 3
+    assert markdown.count("**Differs from Klachko**") == 3
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,7 @@ def test_spread_by_hand() -> None:
         (1.01, 0.5, 1, 3, SAME),
         (-1.01, 0.5, 1, 3, DIFFERS),
         (-1.01, 0.5, -1, 3, SAME),
-        (1.5, 0.5, 0, 3, DIFFERS),  # seed: about equal; beyond 2 SE and beyond 1 point
+        (1.5, 0.5, 0, 3, DIFFERS),  # Klachko: about equal; beyond 2 SE and beyond 1 point
         (0.9, 0.1, 0, 3, SAME),  # beyond 2 SE but within 1 point
         (3.0, 2.0, 0, 3, SAME),  # within 2 SE
         (5.0, 0.1, 1, 1, UNMEASURED),
@@ -127,7 +127,7 @@ def test_report_over_seeds_and_conclusions(folder: Path, tmp_path: Path) -> None
     assert "Not written yet" in text and "## What we conclude" in text
     assert "## Over seeds" in text and "## Results of seed 1" in text
     assert "| `baseline` | 3 | 52.00 ± 2.00 | 50.00 ± 2.00 | 57.67 ± 2.52 |" in text
-    assert "| baseline vs no-noise-1x1 | +6.30 | +10.00 | 3.83 | same as the seed |" in text
+    assert "| baseline vs no-noise-1x1 | +6.30 | +10.00 | 3.83 | agrees with Klachko |" in text
     conclusions.write_text("Hand-written: noise adds nothing here.\n")
     text = build_report(
         folder, tmp_path / "report.md", tmp_path / "img", plots=False, conclusions=conclusions

@@ -1,17 +1,20 @@
-"""The reproduction report: read run logs, compare them with the seed, write markdown and plots.
+"""The reproduction report: read run logs, compare them with the independent
+reproduction, write markdown and plots.
 
 Everything here is computed from the files :func:`perturbnn.repro.fit.fit` writes in each run's
 folder (``log.jsonl``: one JSON object per epoch; ``summary.json``: parameters, configuration,
-the seed's command and accuracy) and, if present, the ``reproduce.json`` manifest that
-``examples/reproduce.py`` writes in the output folder (scale name, description, command). No
-number in the report is typed in by hand: the seed's figures come from
-:mod:`perturbnn.repro.experiments`, the measured ones from the logs, and the statements on the seed's
+the independent reproduction's command and accuracy) and, if present, the ``reproduce.json``
+manifest that ``examples/reproduce.py`` writes in the output folder (scale name, description,
+command). No
+number in the report is typed in by hand: the independent reproduction's figures come from
+:mod:`perturbnn.repro.experiments`, the measured ones from the logs, and the statements on its
 orderings (:func:`compare_with_seed`) are computed from both.
 
 Main entry points:
 
 * :func:`load_run` / :func:`load_runs`: one run folder, or every run folder under a root.
-* :func:`compare_with_seed`: the seed's three ordering claims, checked against the runs.
+* :func:`compare_with_seed`: the independent reproduction's three ordering claims, checked
+  against the runs.
 * :func:`compare_authors`, :func:`authors_markdown`: the authors' updated recipe against the
   1x1 network and the baseline, over seeds.
 * :func:`metric_error`: one run's exact accuracy against the original method's figure.
@@ -20,7 +23,8 @@ Main entry points:
   matplotlib, the optional ``examples`` extra: ``pip install perturbnn[examples]``).
 * :func:`build_report`: all of the above, written to disk.
 
-Source: the seed's results and claims in ``../shared/reference/pnn-reproduction-notes.txt``.
+Source: the independent reproduction's (Klachko's) results and claims in
+``../shared/reference/pnn-reproduction-notes.txt``.
 
 Example::
 

@@ -59,7 +59,8 @@ _ROWS: tuple[str, ...] = (
     "baseline",
 )
 
-# The verdicts of seeds.verdict, worded against the reported figures rather than the seed's.
+# The verdicts of seeds.verdict, worded against the reported figures rather than the independent
+# reproduction's.
 _WORDS = {
     SAME: "same as reported",
     DIFFERS: "differs from reported",
@@ -138,9 +139,10 @@ def authors_markdown(experiments: Sequence[ExperimentSeeds]) -> list[str]:
         "",
         "*Reported A - B*: the reported figures' difference (the authors' recipe against the "
         "independent reproduction's: different recipes, both at full scale). *D*: our "
-        "difference of the means; *SE*: its standard error; the verdict rule of the seed's "
-        "comparisons (`perturbnn.repro.report.seeds.verdict`) with the reported difference in "
-        "place of the seed's: *same as reported* or *differs from reported* beyond 2 SE, else "
+        "difference of the means; *SE*: its standard error; the verdict rule of the independent "
+        "reproduction's comparisons (`perturbnn.repro.report.seeds.verdict`) with the reported "
+        "difference in place of Klachko's: *same as reported* or *differs from reported* "
+        "beyond 2 SE, else "
         "*within run-to-run spread*; one seed: *spread not measured*. "
         "The last rows are the metric error: the original method's figure minus the best "
         "exact accuracy of the same runs (the original code's figure overstates).",

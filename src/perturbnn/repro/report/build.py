@@ -61,10 +61,11 @@ class Report:
         markdown (Path): the report.
         images (list[Path]): the PNG plots.
         runs (list[RunLog]): the runs it read.
-        findings (list[Finding]): the seed's claims, checked.
+        findings (list[Finding]): the independent reproduction's claims, checked.
         metric (MetricError, optional): the run of the metric-error section.
         experiments (list[ExperimentSeeds]): the runs by experiment and seed.
-        comparisons (list[Comparison]): the seed's comparisons over seeds (two seeds or more).
+        comparisons (list[Comparison]): the independent reproduction's comparisons over seeds
+            (two seeds or more).
         authors (list[Comparison]): the comparisons of the authors' recipe section
             (:func:`~perturbnn.repro.report.authors.compare_authors`).
     """
@@ -119,7 +120,7 @@ def build_report(
         metric_run (str, optional): the run of the metric-error section (see
             :func:`metric_error`).
         plots (bool): write the plots (needs matplotlib). Default: ``True``.
-        gpu_runs (str or os.PathLike, optional): a JSON file of short seed-width GPU runs to
+        gpu_runs (str or os.PathLike, optional): a JSON file of short full-width GPU runs to
             add as a section (see :func:`gpu_runs_section`).
         conclusions (str or os.PathLike, optional): a hand-written markdown file, included
             verbatim at the top under "What we conclude" (a placeholder says so while the file
@@ -127,7 +128,7 @@ def build_report(
 
     Runs are read as ``out_dir/<experiment>/seed-<n>/`` (and, from older folders,
     ``out_dir/<experiment>/``). With two or more seeds the report starts with the mean and
-    spread over seeds and the seed's comparisons stated with it
+    spread over seeds and the independent reproduction's comparisons stated with it
     (:mod:`perturbnn.repro.report.seeds`); the per-run sections then show the smallest seed.
     The section on the authors' recipe (:mod:`perturbnn.repro.report.authors`) follows; from
     a folder without the authors' presets (logs written before they existed) it lists them as

@@ -1,6 +1,8 @@
-"""The seed's three ordering claims checked against the runs, and the original metric's error.
+"""The independent reproduction's three ordering claims checked against the runs, and the
+original metric's error.
 
-Source: the seed's results and claims in ``../shared/reference/pnn-reproduction-notes.txt``.
+Source: the independent reproduction's (Klachko's) results and claims in
+``../shared/reference/pnn-reproduction-notes.txt``.
 """
 
 from __future__ import annotations
@@ -22,29 +24,32 @@ from perturbnn.repro.report.runs import (
 __all__ = ["ABOUT_EQUAL_POINTS", "Finding", "MetricError", "compare_with_seed", "metric_error"]
 
 
-#: Two accuracies closer than this many percentage points count as "about equal": the seed's
-#: own threshold ("less than 1% improvement" of PNN over 1x1 convolutions without noise).
+#: Two accuracies closer than this many percentage points count as "about equal": the
+#: independent reproduction's own threshold ("less than 1% improvement" of PNN over 1x1
+#: convolutions without noise).
 ABOUT_EQUAL_POINTS = 1.0
 
-# The experiments the seed's claims are about (names of :mod:`perturbnn.repro.experiments`).
+# The experiments the independent reproduction's claims are about (names of
+# :mod:`perturbnn.repro.experiments`).
 _BASELINE = "baseline"
 _NO_NOISE = "no-noise-1x1"
-# The PNN the seed sets against the 1x1 network without noise: ~5.5M parameters, 3x3 first
-# layer, perturbations followed by 1x1 convolutions elsewhere (86.2% against 85.5%).
+# The PNN the independent reproduction sets against the 1x1 network without noise: ~5.5M
+# parameters, 3x3 first layer, perturbations followed by 1x1 convolutions elsewhere (86.2%
+# against 85.5%).
 _PNN_MATCHED = "original-first3"
 
 
 # --------------------------------------------------------------------------------------------
-# The seed's claims, checked
+# The independent reproduction's claims, checked
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One claim of the seed, checked against the measured runs.
+    """One claim of the independent reproduction, checked against the measured runs.
 
     Attributes:
-        claim (str): the seed's claim, in a few words.
+        claim (str): the independent reproduction's claim, in a few words.
         holds (bool, optional): whether the runs here agree; ``None`` if the runs it needs are
             missing.
         text (str): one or two sentences with the numbers.
@@ -56,10 +61,10 @@ class Finding:
 
     @property
     def verdict(self) -> str:
-        """``"Same as the seed"``, ``"Differs from the seed"`` or ``"Not measured"``."""
+        """``"Agrees with Klachko"``, ``"Differs from Klachko"`` or ``"Not measured"``."""
         if self.holds is None:
             return "Not measured"
-        return "Same as the seed" if self.holds else "Differs from the seed"
+        return "Agrees with Klachko" if self.holds else "Differs from Klachko"
 
 
 def _label(run: RunLog) -> str:
@@ -100,7 +105,7 @@ def _find_baseline_best(by_name: Mapping[str, RunLog]) -> Finding:
         text += (
             f" The cost of 1x1 filters (`{_BASELINE}` minus `{_NO_NOISE}`) is "
             f"{_points(baseline.best_acc - no_noise.best_acc)} points here, "
-            f"{_points(seed_gap)} in the seed."
+            f"{_points(seed_gap)} in the independent reproduction."
         )
     return Finding(claim, holds, text)
 
@@ -126,7 +131,7 @@ def _find_no_noise_equal(by_name: Mapping[str, RunLog]) -> Finding:
         )
     text = (
         f"{head} ({format_percent(pnn.best_acc)} against {format_percent(no_noise.best_acc)}; "
-        f"the seed: {_points(seed_diff)})."
+        f"the independent reproduction: {_points(seed_diff)})."
     )
     noisy = [
         run for name, run in by_name.items() if name not in (_BASELINE, _NO_NOISE, _PNN_MATCHED)
@@ -166,12 +171,13 @@ def _find_original_above(runs: Sequence[RunLog]) -> Finding:
 
 
 def compare_with_seed(runs: Sequence[RunLog]) -> list[Finding]:
-    """Check the seed's three ordering claims against ``runs``.
+    """Check the independent reproduction's three ordering claims against ``runs``.
 
     The claims: the baseline with regular 3x3 convolutions is the best; 1x1 convolutions
-    without noise are about as good as PNN (within :data:`ABOUT_EQUAL_POINTS`, the seed's own
-    "less than 1%"); the original method's figure is above the exact accuracy. Accuracies are
-    the best exact test accuracy over the epochs, as the seed reports them.
+    without noise are about as good as PNN (within :data:`ABOUT_EQUAL_POINTS`, the independent
+    reproduction's own "less than 1%"); the original method's figure is above the exact accuracy.
+    Accuracies are the best exact test accuracy over the epochs, as the independent reproduction
+    reports them.
 
     Args:
         runs (Sequence[RunLog]): the runs; presets are recognised by :attr:`RunLog.name`. Runs
@@ -247,7 +253,7 @@ class MetricError:
 
     @property
     def reported_gap(self) -> float:
-        """Best original-method figure minus best exact accuracy (the seed's 90.53 vs 85.91)."""
+        """Best original-method figure minus best exact accuracy (Klachko's 90.53 vs 85.91)."""
         return self.run.original_best_acc - self.run.best_acc
 
     @property
@@ -272,8 +278,8 @@ def metric_error(runs: Sequence[RunLog], name: Optional[str] = None) -> Optional
     Args:
         runs (Sequence[RunLog]): the runs.
         name (str, optional): the run to use. Default: ``"original"`` (the original PNN
-            network, the model of the seed's own metric comparison) if present, else the run
-            with the most epochs.
+            network, the model of the independent reproduction's own metric comparison) if
+            present, else the run with the most epochs.
 
     Returns:
         MetricError, optional: ``None`` if there is no run.

@@ -1,5 +1,5 @@
-"""The report as markdown: the results table, the seed comparison, the authors' recipe, the
-metric error, GPU runs."""
+"""The report as markdown: the results table, the comparison with the independent
+reproduction, the authors' recipe, the metric error, GPU runs."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def _results_table(runs: Sequence[RunLog]) -> list[str]:
     lines = [
         "| Experiment | Source's command | Source reports | Exact here, best epoch | "
         "Exact here, last epoch | Original-method figure, best epoch (same run) | "
-        "Parameters here / seed scale | Mask values here / seed scale | Scale | Wall time |",
+        "Parameters here / full scale | Mask values here / full scale | Scale | Wall time |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for run in runs:
@@ -140,9 +140,9 @@ def _metric_section(metric: MetricError, image: Optional[str]) -> list[str]:
         f"0.21, and all batches before the last ten by under 3% together, so it measures the "
         f"end of the test set, in the test set's order, plus a remainder of the previous epoch.",
         f"- What the original code reports (its best figure over epochs) minus the best exact "
-        f"accuracy: {_points(metric.reported_gap)} points. This is the comparison the seed makes "
-        f"for noiseresnet18 at full scale: 90.53% reported against 85.91% actual, +4.62 "
-        f"points.",
+        f"accuracy: {_points(metric.reported_gap)} points. This is the comparison the independent "
+        f"reproduction makes for noiseresnet18 at full scale: 90.53% reported against 85.91% "
+        f"actual, +4.62 points.",
         f"- Against the exact accuracy of the last epoch, which involves no choice made on the "
         f"test set: {_points(metric.total_inflation)} points, of which "
         f"{_points(metric.selection_exact)} come from picking the best epoch of the exact "
@@ -256,31 +256,34 @@ def render_markdown(
         "exact accuracy) for the first eight, the authors' updated repository (450 epochs, "
         "Adam) for `authors-*`; all 50,000 training and 10,000 test images.",
         "- *Exact here*: correct / total over the test images used, with the count; at the best "
-        "epoch (how the seed reports) and at the last epoch (no selection on the test set).",
+        "epoch (how the independent reproduction reports) and at the last epoch (no selection on "
+        "the test set).",
         "- *Original-method figure*: what the original PNN code would have printed for the same "
         "run (per-batch accuracy smoothed 0.7/0.3, never reset, best over epochs). Not an "
         "accuracy; shown only to measure how far it is from the exact figure.",
         "- *Parameters*: trainable, noise masks excluded; *mask values*: values held in noise "
-        "masks. Here, and for the preset at the seed's width (built on the meta device).",
+        "masks. Here, and for the preset at full scale, the independent reproduction's width "
+        "(built on the meta device).",
         "- *Wall time*: sum of the epochs' times (training and testing).",
         "",
-        "## How the measured ordering compares with the seed's",
+        "## How the measured ordering compares with the independent reproduction's",
         "",
-        "Accuracies compared are the best exact test accuracy over the epochs, as the seed "
-        "reports them.",
+        "Accuracies compared are the best exact test accuracy over the epochs, as the independent "
+        "reproduction reports them.",
         "",
     ]
     independent = set(presets_of("independent"))
     if any(run.name not in independent and run.name in EXPERIMENTS for run in runs):
         lines += [
             "These claims are the independent reproduction's, about its own eight experiments; "
-            "the authors' presets are left out of them and of the ranking in the seed (see *The "
-            "authors' recipe at this scale*).",
+            "the authors' presets are left out of them and of its ranking (see *The authors' "
+            "recipe at this scale*).",
             "",
         ]
     for finding in compare_with_seed(runs):
         lines.append(
-            f"- **{finding.verdict}**: the seed finds that {finding.claim}; {finding.text}"
+            f"- **{finding.verdict}**: the independent reproduction finds that {finding.claim}; "
+            f"{finding.text}"
         )
     if runs:
         ranked_seed = [
@@ -291,7 +294,8 @@ def render_markdown(
         lines += ["", f"- Ranking here: {_ranking(runs, lambda r: r.best_acc)}."]
         if ranked_seed:
             lines.append(
-                f"- Ranking in the seed: {_ranking(ranked_seed, lambda r: r.seed_accuracy)}."
+                f"- Ranking in the independent reproduction: "
+                f"{_ranking(ranked_seed, lambda r: r.seed_accuracy)}."
             )
         note = _noise_note(runs)
         if note:
@@ -311,7 +315,7 @@ def render_markdown(
 
 
 def gpu_runs_section(path: PathLike) -> list[str]:
-    """Markdown lines for short seed-width GPU runs recorded in a JSON file.
+    """Markdown lines for short full-width GPU runs recorded in a JSON file.
 
     The file (e.g. ``docs/data/gpu_h200_runs.json``, written from
     ``examples/seed_width_gpu.py``'s output) holds ``description``, ``device``,
@@ -329,12 +333,12 @@ def gpu_runs_section(path: PathLike) -> list[str]:
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{str(path)!r} is not a GPU-runs file ({exc})") from exc
     lines = [
-        "## Seed-width runs on a GPU (a few epochs only)",
+        "## Full-width runs on a GPU (a few epochs only)",
         "",
         str(data.get("description", "")),
         "",
         "| # | experiment | epochs | width | batch | exact best | original-method best | gap | "
-        "parameters | mask values | seed's accuracy (150 epochs) | wall time |",
+        "parameters | mask values | Klachko's accuracy (150 epochs) | wall time |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = list(EXPERIMENTS)
@@ -353,8 +357,9 @@ def gpu_runs_section(path: PathLike) -> list[str]:
         "",
         f"Device: {data.get('device', '?')}; {data.get('train_images', '?'):,} training and "
         f"{data.get('test_images', '?'):,} test images. After so few epochs on a fifth of the "
-        "training set these accuracies say nothing about the seed's 150-epoch figures; they "
-        "show that the seed-width networks train at the seed's settings, and the metric gap on "
+        "training set these accuracies say nothing about the independent reproduction's "
+        "150-epoch figures; they show that the full-width networks train at its settings, and "
+        "the metric gap on "
         "a full 10,000-image test set.",
     ]
     return lines

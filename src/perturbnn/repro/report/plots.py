@@ -63,8 +63,9 @@ def _percent(values: Sequence[float]) -> list[float]:
 def plot_run(run: RunLog, path: PathLike) -> Path:
     """Plot one run: exact test accuracy and the original-method figure per epoch.
 
-    The best epoch of each is marked; the seed's reported accuracy (150 epochs on the full
-    data) is drawn as a grey line for reference.
+    The best epoch of each is marked; the accuracy the preset's source reports (the independent
+    reproduction's 150 epochs, or the authors' 450, on the full data) is drawn as a grey line for
+    reference.
 
     Args:
         run (RunLog): the run.

@@ -92,7 +92,8 @@ class RunLog:
 
     @property
     def best_acc(self) -> float:
-        """Best exact test accuracy over the epochs (what the seed reports per experiment)."""
+        """Best exact test accuracy over the epochs (what the independent reproduction reports per
+        experiment)."""
         return self.test_acc[self.best_index]
 
     @property
@@ -170,7 +171,9 @@ class RunLog:
 
     @property
     def seed_accuracy(self) -> Optional[float]:
-        """The accuracy the seed reports for this experiment, a fraction."""
+        """The accuracy the preset's source reports (Klachko's independent reproduction, or the
+        authors' repository for ``authors-*``), a fraction; stored as ``seed_accuracy`` in
+        ``summary.json``."""
         value = (self.summary or {}).get("seed_accuracy")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -178,7 +181,8 @@ class RunLog:
 
     @property
     def seed_command(self) -> Optional[str]:
-        """The seed's command line for this experiment."""
+        """The command line of the preset's source (the independent reproduction's ``main.py``,
+        or the authors' for ``authors-*``; ``summary.json``'s ``seed_command``)."""
         value = (self.summary or {}).get("seed_command")
         if isinstance(value, str):
             return value
@@ -306,7 +310,7 @@ def load_manifest(root: PathLike) -> dict[str, Any]:
 
 @functools.cache
 def seed_scale_counts(name: str) -> tuple[int, int]:
-    """Parameters and noise-mask values of a preset at the seed's own scale.
+    """Parameters and noise-mask values of a preset at full scale (the independent reproduction's).
 
     The model is built on the ``meta`` device, so nothing is allocated.
 

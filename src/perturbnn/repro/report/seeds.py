@@ -1,5 +1,5 @@
-"""Runs over several seeds: the mean and spread of each experiment, and each of the seed's
-comparisons stated with that spread.
+"""Runs over several seeds: the mean and spread of each experiment, and each of the independent
+reproduction's comparisons stated with that spread.
 
 Layout read: ``<out-dir>/<experiment>/seed-<n>/`` (``log.jsonl``, ``summary.json``), as
 ``perturbnn-repro reproduce --seeds ...`` writes it. A run folder directly in
@@ -13,19 +13,20 @@ The verdict rule (:func:`verdict`), for a comparison "A minus B" of accuracies i
   experiments (sample standard deviations, ``n - 1`` in the denominator), or
   ``sd(A_i - B_i) / sqrt(n)`` for two figures of the same runs (paired by seed: the original
   method against the exact accuracy);
-* the seed's sign ``s``: the sign of the seed's own difference, ``0`` where the seed found the
-  two within :data:`~perturbnn.repro.report.findings.ABOUT_EQUAL_POINTS` (1 point) of each
-  other ("about equal"); the metric error's sign is ``+1`` (the original figure overstates).
+* Klachko's sign ``s``: the sign of the independent reproduction's own difference, ``0`` where
+  it found the two within :data:`~perturbnn.repro.report.findings.ABOUT_EQUAL_POINTS` (1 point)
+  of each other ("about equal"); the metric error's sign is ``+1`` (the original figure overstates).
 
 Then: fewer than two seeds on either side: ``"spread not measured"``. Otherwise, if ``s != 0``:
-``|D| <= 2 SE``: ``"within run-to-run spread"``; ``D`` of the sign ``s``: ``"same as the seed"``;
-else ``"differs"``. If ``s == 0`` (the seed found them about equal): ``|D| <= 2 SE`` or
-``|D| <= 1`` point: ``"same as the seed"``; else ``"differs"``. Two standard errors is about a
-95% interval for normal spread; with three seeds it is a loose rule (a t-interval would be
-wider), so "same as the seed" and "differs" mean "beyond twice the standard error", not
-"significant at 5%".
+``|D| <= 2 SE``: ``"within run-to-run spread"``; ``D`` of the sign ``s``: ``"agrees with
+Klachko"``; else ``"differs"``. If ``s == 0`` (the independent reproduction found them about
+equal): ``|D| <= 2 SE`` or ``|D| <= 1`` point: ``"agrees with Klachko"``; else ``"differs"``.
+Two standard errors is about a 95% interval for normal spread; with three seeds it is a loose
+rule (a t-interval would be wider), so "agrees with Klachko" and "differs" mean "beyond twice
+the standard error", not "significant at 5%".
 
-Source: the seed's table and claims in ``../shared/reference/pnn-reproduction-notes.txt``.
+Source: the independent reproduction's table and claims in
+``../shared/reference/pnn-reproduction-notes.txt``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike[str]]
 
-SAME = "same as the seed"
+SAME = "agrees with Klachko"
 DIFFERS = "differs"
 WITHIN = "within run-to-run spread"
 UNMEASURED = "spread not measured"
@@ -108,7 +109,7 @@ def verdict(difference: float, standard_error: float, seed_sign: int, n: int) ->
     Args:
         difference: ``D``, our mean difference in points.
         standard_error: ``SE`` of ``D`` in points.
-        seed_sign: ``+1``, ``-1`` or ``0`` (the seed found them about equal).
+        seed_sign: ``+1``, ``-1`` or ``0`` (the independent reproduction found them about equal).
         n: the smallest number of seeds on either side.
 
     Returns:
@@ -211,12 +212,12 @@ def load_seed_runs(root: PathLike) -> list[ExperimentSeeds]:
 
 @dataclass(frozen=True)
 class Comparison:
-    """One of the seed's comparisons, with our spread.
+    """One of the independent reproduction's comparisons, with our spread.
 
     Attributes:
         label (str): what is compared, "A vs B".
-        seed_difference (float, optional): the seed's A minus B in points (``None`` where the
-            seed gave a direction only: the metric error).
+        seed_difference (float, optional): the independent reproduction's A minus B in points
+            (``None`` where it gave a direction only: the metric error).
         seed_sign (int): ``+1``, ``-1`` or ``0`` (about equal).
         difference (float): our ``D`` in points.
         standard_error (float): our ``SE`` in points (``nan`` with one seed).
@@ -266,14 +267,14 @@ def _metric(entry: ExperimentSeeds) -> Comparison:
 
 
 def compare_over_seeds(experiments: Sequence[ExperimentSeeds]) -> list[Comparison]:
-    """The seed's comparisons that the runs allow, each with its verdict.
+    """The independent reproduction's comparisons that the runs allow, each with its verdict.
 
     Between experiments (best exact accuracy): ``baseline`` vs ``no-noise-1x1`` (1x1 layers
     against the baseline), ``no-noise-1x1`` vs each noise variant (``original``,
-    ``original-first3``, ``pnn-*``; the seed's sign is that of the noise variant's accuracy
-    minus the 1x1 one's, so the label reads "variant vs no-noise-1x1"). Within runs (paired by
-    seed): the original method's figure vs the best exact accuracy, for every experiment. Only
-    the independent reproduction's presets: the authors' are compared in
+    ``original-first3``, ``pnn-*``; the independent reproduction's sign is that of the noise
+    variant's accuracy minus the 1x1 one's, so the label reads "variant vs no-noise-1x1").
+    Within runs (paired by seed): the original method's figure vs the best exact accuracy, for
+    every experiment. Only the independent reproduction's presets: the authors' are compared in
     :mod:`perturbnn.repro.report.authors`, against their own reported figures.
     """
     by_name = {e.name: e for e in experiments}
@@ -335,19 +336,19 @@ def seeds_markdown(
         lines += ["", f"![mean and spread over seeds]({image})"]
     lines += [
         "",
-        "### The seed's comparisons, with the spread",
+        "### The independent reproduction's comparisons, with the spread",
         "",
         "*D*: our difference of the means (points); *SE*: its standard error (two experiments: "
         "sqrt(sd_A²/n_A + sd_B²/n_B); the original method against the exact figure: the "
         "standard deviation of the per-seed gaps over sqrt(n)). Rule: fewer than two seeds: "
-        f"*{UNMEASURED}*. Where the seed found a difference of at least "
+        f"*{UNMEASURED}*. Where the independent reproduction found a difference of at least "
         f"{ABOUT_EQUAL_POINTS:g} point: |D| ≤ 2 SE is *{WITHIN}*, else *{SAME}* if D has "
-        f"the seed's sign and *{DIFFERS}* if not. Where the seed found the two within "
+        f"its sign and *{DIFFERS}* if not. Where it found the two within "
         f"{ABOUT_EQUAL_POINTS:g} point: *{SAME}* if |D| ≤ 2 SE or |D| ≤ "
         f"{ABOUT_EQUAL_POINTS:g}, else *{DIFFERS}*. Between experiments the figure compared "
-        "is the best exact accuracy, as the seed reports it.",
+        "is the best exact accuracy, as the independent reproduction reports it.",
         "",
-        "| Comparison (A vs B) | Seed: A - B | Here: D | 2 SE | Verdict |",
+        "| Comparison (A vs B) | Klachko: A - B | Here: D | 2 SE | Verdict |",
         "|---|---:|---:|---:|---|",
     ]
     for c in comparisons:
