@@ -1,7 +1,7 @@
 """Reproduce one PNN CIFAR-10 experiment, reporting the exact and the original-method accuracy.
 
 A thin caller of the package's command line: the same as ``perturbnn-repro train`` (see
-:mod:`perturbnn.repro.cli.train` for every flag, or run with ``--help``). It takes the seed's
+:mod:`perturbnn.repro.cli.train` for every flag, or run with ``--help``). It takes Klachko's
 ``main.py`` flags (same spelling, same defaults), optionally one of the ten presets (the
 independent reproduction's eight, the authors' updated recipe's two; ``--experiment``); flags
 given explicitly override the preset.

@@ -1,4 +1,4 @@
-"""Seed-width runs of presets on a GPU for as many epochs as a time box allows, from npz files.
+"""Full-width runs of presets on a GPU for as many epochs as a time box allows, from npz files.
 
 Usage: ``python examples/seed_width_gpu.py OUT SECONDS [DATA_DIR]`` (DATA_DIR: a folder with
 ``cifar10/cifar10_train_1.npz`` and ``cifar10/cifar10_test.npz``; default ``../shared/data``).
@@ -7,7 +7,8 @@ holds what it gave on an H200 (see ``docs/reproduction.md``).
 
 The device gets only what fits the 64 MiB transfer: CIFAR-10 train file 1 (10,000 images) and
 the full 10,000-image test set. Everything else is the preset (width, batch size, lr) and the
-seed's recipe (SGD with Nesterov momentum, the seed's initialization and schedule).
+independent reproduction's recipe (SGD with Nesterov momentum, Klachko's initialization and
+schedule).
 """
 
 import json

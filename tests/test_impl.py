@@ -506,7 +506,7 @@ def test_fast_paths_never_save_the_perturbed_tensor(impl, use_act):
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_every_named_activation_has_a_fast_path(name):
-    """Each activation of the seed's ``--act`` (RReLU in eval mode) takes the chunked path."""
+    """Each activation of Klachko's ``--act`` (RReLU in eval mode) takes the chunked path."""
     act = activation_for(name)
     assert resolve_impl("eager", 4, act) == "chunked"
     assert resolve_impl("compiled", 4, act) == "compiled"

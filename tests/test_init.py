@@ -1,4 +1,4 @@
-"""``init_weights_``: the seed's initialization, checked against a literal draw in this file."""
+"""``init_weights_``: Klachko's initialization, checked against a literal draw in this file."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from perturbnn import PerturbConv2d, PerturbLayer, build_model, init_weights_
 
 
 def reference_draws(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """The weights the seed's rule gives, drawn in module order from a fresh generator."""
+    """The weights Klachko's rule gives, drawn in module order from a fresh generator."""
     g = torch.Generator().manual_seed(seed)
     expected = {}
     for name, module in model.named_modules():

@@ -427,7 +427,7 @@ def test_data_parallel_replication_refused_only_before_the_first_forward():
 
 @pytest.mark.parametrize("use_act", [False, True])
 def test_one_activation_module_serves_the_whole_perturb_layer(use_act):
-    """As in the seed, one ``PReLU`` (one slope) after the noise, after BatchNorm, in MixMaps."""
+    """As in Klachko's, one ``PReLU`` (one slope) after the noise, after BatchNorm, in MixMaps."""
     layer = PerturbLayer(4, 8, 2, input_size=3, act="prelu", use_act=use_act, mix_maps=True)
     prelus = {id(m) for m in layer.modules() if isinstance(m, nn.PReLU)}
     assert len(prelus) == 1
@@ -514,7 +514,7 @@ def test_shared_noise_mask_still_checks_the_channel_count():
 
 
 def test_perturb_layer_defaults_are_the_seeds():
-    """The seed's PerturbLayer defaults: one mask, level 0.5, unique fixed masks, no inner act."""
+    """Klachko's PerturbLayer defaults: one mask, level 0.5, unique fixed masks, no inner act."""
     layer = PerturbLayer(3, 6, input_size=4)
     conv = layer[0]
     assert len(layer) == 3 and isinstance(layer[1], nn.BatchNorm2d)
@@ -546,7 +546,7 @@ def test_perturb_layer_passes_every_option_to_its_perturbation():
     assert layer.stride == conv.stride == 1
     strided = PerturbLayer(3, 6, 2, input_size=4, stride=2, pool_type="avg")
     assert strided.stride == strided[0].stride == 2 and strided[0].pool_type == "avg"
-    assert PerturbLayer(3, 6, filter_size=7).stride == 2  # the seed's stem
+    assert PerturbLayer(3, 6, filter_size=7).stride == 2  # Klachko's stem
     same = PerturbLayer(3, 6, 2, generator=gen_b, **options)
     assert torch.equal(same[0].noise.masks, conv.noise.masks)  # drawn from the generator
 

@@ -1,6 +1,6 @@
-"""Activation functions by name, as the PNN seed's ``--act`` option spells them.
+"""Activation functions by name, spelled as in Klachko's PNN reproduction (its ``--act``).
 
-Source: the seed's ``--act`` option (relu, lrelu, prelu, rrelu, elu, selu, tanh, sigmoid).
+Source: Klachko's ``--act`` option (relu, lrelu, prelu, rrelu, elu, selu, tanh, sigmoid).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ In the spirit of ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: walk a model
 eligible ``nn.Conv2d`` for a :class:`~perturbnn.PerturbConv2d` with the same channels, its stride
 as pooling and lazy masks, and say for every convolution what was done and why.
 
-Source: PNN, CVPR 2018, Sec. 3 (a perturbation layer replaces a convolution); the seed
+Source: PNN, CVPR 2018, Sec. 3 (a perturbation layer replaces a convolution); Klachko's reproduction
 reproduction's finding that keeping the first layer a regular convolution works best
 (``--first_filter_size 3``).
 """
@@ -256,14 +256,14 @@ def convert(
     ``keep_first``; names not matched by ``include`` or matched by ``exclude``. Other modules
     (``Conv1d``, ``Conv3d``, linear layers) are neither touched nor reported.
 
-    Source: PNN, Sec. 3; the seed's best setting keeps the first layer regular.
+    Source: PNN, Sec. 3; Klachko's best setting keeps the first layer regular.
 
     Args:
         model: any ``nn.Module``.
         nmasks: noise masks per input channel (fanout).
         level: noise amplitude.
         use_act: apply a ReLU between the perturbation and the 1x1 convolution.
-        mix_maps: add the seed's :class:`~perturbnn.MixMaps` (1x1 conv, BatchNorm, ReLU) after
+        mix_maps: add Klachko's :class:`~perturbnn.MixMaps` (1x1 conv, BatchNorm, ReLU) after
             each replacement.
         unique_masks, noise_type: as in :class:`~perturbnn.PerturbConv2d`.
         keep_first: leave the first convolution found (the stem) regular.

@@ -1,6 +1,6 @@
-"""The seed's weight initialization, as a function a user can apply to any model.
+"""Klachko's weight initialization, as a function a user can apply to any model.
 
-Source: the seed reproduction's ``main.py``/``models.py`` (the PNN CVPR 2018 reproduction): before
+Source: Klachko's ``main.py``/``models.py`` (the PNN CVPR 2018 reproduction): before
 training, every convolution weight is drawn from ``N(0, sqrt(2 / n))`` with ``n = kernel_h *
 kernel_w * out_channels`` (He et al., ICCV 2015, by fan-out), every ``BatchNorm2d`` gets weight 1
 and bias 0, and everything else keeps PyTorch's initialization.
@@ -31,12 +31,12 @@ def _normal_like(weight: Tensor, std: float, generator: Optional[torch.Generator
 
 
 def init_weights_(model: M, *, generator: Optional[torch.Generator] = None) -> M:
-    """Initialize ``model`` in place as the seed does before training, and return it.
+    """Initialize ``model`` in place as Klachko's reproduction does before training, and return it.
 
     Visits ``model.modules()`` in order and:
 
     * every ``nn.Conv2d`` weight ``Tensor[out_channels, in_channels / groups, kernel_h,
-      kernel_w]``, and the 1x1 weight of every :class:`~perturbnn.PerturbConv2d` (the seed's
+      kernel_w]``, and the 1x1 weight of every :class:`~perturbnn.PerturbConv2d` (Klachko's
       perturbation layer holds it as an ``nn.Conv2d``), is drawn from ``N(0, sqrt(2 / n))`` with
       ``n = kernel_h * kernel_w * out_channels`` (groups do not enter ``n``); biases are left
       as they are;
@@ -57,11 +57,11 @@ def init_weights_(model: M, *, generator: Optional[torch.Generator] = None) -> M
     would draw (``nn.LazyConv2d``, ``nn.LazyBatchNorm2d``) is refused with a ``ValueError``
     before anything is drawn: run one forward first, as torch recommends for lazy modules.
 
-    Source: the seed's initialization (``main.py``/``models.py`` of the reproduction); He et al.,
+    Source: Klachko's initialization (``main.py``/``models.py`` of the reproduction); He et al.,
     "Delving Deep into Rectifiers", ICCV 2015 (fan-out variant).
 
     Args:
-        model: any ``nn.Module``; the seed's networks, or a model of yours.
+        model: any ``nn.Module``; Klachko's networks, or a model of yours.
         generator: CPU ``torch.Generator`` to draw from. Default: the global RNG.
 
     Returns:

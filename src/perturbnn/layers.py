@@ -59,7 +59,7 @@ class PerturbConv2d(LazyModuleMixin, nn.Module):
     With ``input_size=None`` (the default) the masks take the first input's height and width
     (see :class:`NoiseMask`); the layer is then fixed to that size.
 
-    Source: PNN, Sec. 3, Eq. 2; the seed's ``PerturbLayer`` with ``filter_size=0``; the
+    Source: PNN, Sec. 3, Eq. 2; Klachko's ``PerturbLayer`` with ``filter_size=0``; the
     original code's pooling after a noise layer for downsampling.
 
     Args:
@@ -78,7 +78,7 @@ class PerturbConv2d(LazyModuleMixin, nn.Module):
         activation: with ``use_act``, the activation module to apply instead of a new one made
             from ``act`` (it should be the module ``act`` names). :class:`PerturbLayer` passes
             the one module that it reuses throughout the layer, so that a ``prelu`` slope is
-            shared as in the seed. Default: a new module.
+            shared as in Klachko's reproduction. Default: a new module.
         bias: learn a bias in the 1x1 convolution.
         impl: how the layer is computed; every choice gives the same outputs and gradients up
             to rounding (see :func:`perturbnn.functional.perturb_conv2d`). ``"grouped"``: the
@@ -255,19 +255,19 @@ class PerturbConv2d(LazyModuleMixin, nn.Module):
 
 
 class MixMaps(nn.Sequential):
-    """The seed's ``--mix_maps`` layer: 1x1 convolution + BatchNorm + activation.
+    """Klachko's ``--mix_maps`` layer: 1x1 convolution + BatchNorm + activation.
 
     After a grouped perturbation layer each output map sees only one input channel; this extra
     dense 1x1 convolution lets the channels exchange information.
 
-    Source: the seed's ``--mix_maps`` option.
+    Source: Klachko's ``--mix_maps`` option.
 
     Args:
         channels: input and output channels.
         act: activation name.
         activation: the activation module to use instead of a new one made from ``act``
             (:class:`PerturbLayer` passes the module it shares). Default: a new module.
-        bias: learn a bias in the 1x1 convolution (the seed does).
+        bias: learn a bias in the 1x1 convolution (Klachko's reproduction does).
         device, dtype: factory keyword arguments.
 
     Shape:
@@ -315,10 +315,10 @@ def conv_output_size(input_size: int, filter_size: int) -> int:
 
 
 class PerturbLayer(nn.Sequential):
-    """Building block of the seed's networks: a perturbation layer or a regular convolution.
+    """Building block of Klachko's networks: a perturbation layer or a regular convolution.
 
     - ``filter_size == 0``: :class:`PerturbConv2d` + BatchNorm + activation, then :class:`MixMaps`
-      when ``mix_maps=True``. As in the seed, one activation module serves the whole layer
+      when ``mix_maps=True``. As in Klachko's, one activation module serves the whole layer
       (after the noise when ``use_act``, after the BatchNorm, inside :class:`MixMaps`), so a
       ``prelu`` layer has a single learnable slope.
     - ``filter_size = n > 0`` (odd): ``n x n`` convolution + BatchNorm + activation, padding
@@ -328,8 +328,8 @@ class PerturbLayer(nn.Sequential):
     ``stride`` downsamples both kinds to ``ceil(height / stride)``: the regular convolution's
     stride, or a ``pool_type`` pooling right after the perturbation layer's 1x1 convolution.
 
-    Source: the seed's ``PerturbLayer`` and its ``--filter_size``/``--first_filter_size``
-    options. Deviation: the seed padded ``n = 5`` by 1 (shrinking the map by 2 pixels); here every
+    Source: Klachko's ``PerturbLayer`` and its ``--filter_size``/``--first_filter_size``
+    options. Deviation: Klachko's padded ``n = 5`` by 1 (shrinking the map by 2 pixels); here every
     odd ``n`` keeps the size.
 
     Args:
@@ -412,7 +412,7 @@ class PerturbLayer(nn.Sequential):
         check_choice("pool_type", pool_type, POOL_TYPES)
         modules: list[nn.Module]
         if filter_size == 0:
-            activation = make_activation(act)  # one module, reused: the seed shares it
+            activation = make_activation(act)  # one module, reused: Klachko's shares it
             modules = [
                 PerturbConv2d(
                     in_channels,

@@ -123,7 +123,7 @@ class NoiseMask(LazyModuleMixin, nn.Module):
     same object and trains them, and ``DistributedDataParallel``, which records parameter
     shapes when it is built, refuses the module until then ("Run a dummy forward pass").
 
-    Source: PNN, Sec. 3 (fixed noise masks); the seed's ``--nmasks``, ``--unique_masks``,
+    Source: PNN, Sec. 3 (fixed noise masks); Klachko's ``--nmasks``, ``--unique_masks``,
     ``--train_masks``, ``--noise_type`` and ``--level`` options.
 
     Args:

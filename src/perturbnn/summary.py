@@ -1,6 +1,7 @@
-"""Counting a model's trainable parameters and noise-mask values, as the seed reports them.
+"""Counting a model's trainable parameters and noise-mask values, as Klachko's reproduction
+reports them.
 
-Source: the seed's parameter table ("N regular parameters, M noise mask values").
+Source: Klachko's parameter table ("N regular parameters, M noise mask values").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Model builders: the seed's parameter table, shapes on CIFAR and MNIST sizes, registry, errors."""
+"""Model builders: Klachko's parameter table, shapes on CIFAR and MNIST sizes, registry, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from perturbnn import build_model, count_mask_values, count_parameters, list_mod
 
 # Seed experiments (noise level 0.5, 10 classes, 32x32 input, unique masks unless stated):
 # (builder, options, trainable parameters excluding masks, noise-mask values). The last three
-# rows are parameter counts measured on the seed's own models.py (issue "Faithful to the seed");
+# rows are parameter counts measured on Klachko's own models.py (issue "Faithful to Klachko");
 # their mask values are sum(C * nmasks * H * W) over the perturbation layers.
 PARAMETER_TABLE = [
     # lenet: 3 perturbation layers of 64 maps at 32, 16, 8 pixels (masks 3*1024 + 64*256 + 64*64).

@@ -203,7 +203,7 @@ def test_cifar_test_normalized(cifar_test: ArrayImageDataset) -> None:
     mean = batch.mean(dim=(0, 2, 3))
     std = batch.std(dim=(0, 2, 3))
     assert mean.abs().max().item() < 0.05
-    # The seed's "std" (0.2023, ...) is smaller than the data's (0.247, ...): std about 1.2.
+    # Klachko's "std" (0.2023, ...) is smaller than the data's (0.247, ...): std about 1.2.
     assert 1.1 < std.min().item() and std.max().item() < 1.4
     # Deterministic: no augmentation on the test set.
     torch.testing.assert_close(cifar_test[3][0], cifar_test[3][0])

@@ -1,4 +1,4 @@
-"""The seed's other data sets (CIFAR-100, SVHN, STL-10, FashionMNIST, ImageFolder), end to end.
+"""Klachko's other data sets (CIFAR-100, SVHN, STL-10, FashionMNIST, ImageFolder), end to end.
 
 Only CIFAR-10 and MNIST exist offline, so each test writes a few images in the official
 torchvision layout itself (pickles, ``.mat``, ``.bin``, IDX files, class folders of PNGs). The
@@ -283,7 +283,7 @@ def test_one_epoch_through_the_example(
         input_size=info.input_size,
     )  # fmt: skip
     assert summary["parameters"] == count_parameters(model)  # the head has nclasses outputs
-    assert summary["history"]["lr"] == [1e-3]  # the seed's default rate in epoch 1
+    assert summary["history"]["lr"] == [1e-3]  # Klachko's default rate in epoch 1
 
 
 @pytest.mark.parametrize("name", ["CIFAR100", "ImageFolder"])

@@ -1,4 +1,4 @@
-"""The seed's recipe as :func:`prepare_run` builds it: init, optimizer, schedule, resume."""
+"""Klachko's recipe as :func:`prepare_run` builds it: init, optimizer, schedule, resume."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_presets_keep_only_batch_size_and_learning_rate() -> None:
         assert (config.optim_method, config.momentum, config.weight_decay) == ("SGD", 0.9, 1e-4)
         assert (config.nepochs, config.dropout, config.manual_seed) == (150, 0.5, 1)
         assert config.lr_schedule == "independent"
-        assert "--optim-method" not in exp.seed_command  # the seed's default: SGD
+        assert "--optim-method" not in exp.seed_command  # Klachko's default: SGD
     for name in presets_of("authors"):  # their own recipe, every option of it stated
         config = RunConfig.from_experiment(name)
         assert (config.optim_method, config.lr_schedule, config.nepochs) == ("Adam", "authors", 450)

@@ -394,7 +394,7 @@ def lr_of_epochs(dataset: str, epochs: int) -> list[float]:
 
 
 def seed_rule(dataset: str, e: int) -> float:
-    """The issue's statement of the seed's schedule, literally (epoch e counted from 1)."""
+    """The issue's statement of Klachko's schedule, literally (epoch e counted from 1)."""
     if dataset == "CIFAR10":
         return 0.2 ** sum(1 for m in (60, 90, 120, 160) if m <= e)
     if dataset == "CIFAR100":
@@ -403,7 +403,7 @@ def seed_rule(dataset: str, e: int) -> float:
         return 0.2 ** sum(1 for m in (30, 60, 90) if m <= e)
     if dataset == "ImageFolder":
         return 0.1 ** ((e - 1) // 30)
-    return 1.0  # SVHN, STL10: no rule in the seed's schedule
+    return 1.0  # SVHN, STL10: no rule in Klachko's schedule
 
 
 @pytest.mark.parametrize(

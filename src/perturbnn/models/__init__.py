@@ -1,6 +1,6 @@
 """Model builders of the PNN reproduction and their registry.
 
-Source: the seed's ``--net-type`` choices.
+Source: Klachko's ``--net-type`` choices.
 """
 
 from perturbnn.models._config import POOL_TYPES, ModelConfig, ModelOptions

@@ -30,10 +30,10 @@ def make_pool(
 
 
 def stem_layer(config: ModelConfig) -> tuple[PerturbLayer, Optional[int]]:
-    """The first layer of the seed's networks, and the spatial size it outputs.
+    """The first layer of Klachko's networks, and the spatial size it outputs.
 
     A :class:`PerturbLayer` with ``first_filter_size``, noise ``level * scale_noise`` and the
-    activation inside only if ``use_act`` (seed: ``--use_act`` applies to the first layer).
+    activation inside only if ``use_act`` (Klachko's: ``--use_act`` applies to the first layer).
     """
     if (
         config.first_filter_size == 0

@@ -1,4 +1,4 @@
-"""The options every model builder takes, with the seed's defaults, validated in one place.
+"""The options every model builder takes, with Klachko's defaults, validated in one place.
 
 Source: the independent reproduction's command-line options and defaults (its ``main.py``:
 ``--nfilters 64 --nmasks 1 --level 0.5 --unique_masks --filter_size 0 --first_filter_size 0
@@ -71,7 +71,7 @@ class ModelConfig:
         scale_noise: factor on ``level`` in the first layer.
         act: activation name.
         use_act: apply the activation between noise and 1x1 convolution in the first layer
-            (inner perturbation layers always do, as in the seed).
+            (inner perturbation layers always do, as in Klachko's reproduction).
         pool_type: ``"max"`` or ``"avg"``.
         dropout: dropout probability before the classifier (``lenet``, ``cifarnet``).
         unique_masks, train_masks, noise_type, mix_maps: as in :class:`~perturbnn.PerturbLayer`.

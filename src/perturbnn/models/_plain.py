@@ -23,17 +23,17 @@ __all__ = ["PlainNet", "build_plain_net"]
 
 
 class PlainNet(nn.Module):
-    """``features`` (layers and poolings), flatten, then the seed's two-layer ``classifier``.
+    """``features`` (layers and poolings), flatten, then Klachko's two-layer ``classifier``.
 
     ``classifier``: ``Dropout -> Linear(nfeatures, hidden) -> BatchNorm1d(hidden) -> activation
     -> Dropout -> Linear(hidden, num_classes)``, both dropouts with probability ``config.dropout``
-    (one module, as in the seed) and the activation a new module of ``config.act``. With
+    (one module, as in Klachko's) and the activation a new module of ``config.act``. With
     ``config.input_size=None`` the first linear layer is an ``nn.LazyLinear`` sized by the first
     input (``nfeatures`` is then ignored), like the lazy noise masks of ``features``;
     ``npools`` (the poolings in ``features``) and ``feature_channels`` (the channels ``features``
     outputs) let it check an input's size before any layer runs.
 
-    Source: the seed's ``lenet`` (``hidden`` 128) and ``cifarnet`` (``hidden`` 256) heads.
+    Source: Klachko's ``lenet`` (``hidden`` 128) and ``cifarnet`` (``hidden`` 256) heads.
 
     Shape:
         - Input: ``Tensor[batch_size, in_channels, input_size, input_size]``; with

@@ -1,6 +1,6 @@
 """Model registry: ``register_model``, ``list_models`` and ``build_model``.
 
-Source: the seed's ``--net-type`` option (resnet18, noiseresnet18, perturb_resnet18, cifarnet,
+Source: Klachko's ``--net-type`` option (resnet18, noiseresnet18, perturb_resnet18, cifarnet,
 lenet).
 """
 

@@ -1,6 +1,6 @@
 """CifarNet-style PNN: six layers in three pooled groups, then a two-layer classifier head.
 
-Source: the seed reproduction's ``cifarnet`` (6 convolution or perturbation layers of
+Source: Klachko's ``cifarnet`` (6 convolution or perturbation layers of
 ``nfilters`` channels, followed by a fully connected head with 256 hidden units).
 """
 
@@ -24,12 +24,12 @@ def cifarnet(**options: Unpack[ModelOptions]) -> PlainNet:
     stride-2 pooling (padding 1); then flatten and the head ``Dropout -> Linear(nfilters * 4 *
     4, 256) -> BatchNorm1d(256) -> activation -> Dropout -> Linear(256, num_classes)``. Works on
     32x32 RGB and 28x28 grayscale. With ``nfilters=64, first_filter_size=3, filter_size=3`` on
-    32x32x3 it has 452,298 trainable parameters, as the seed's. With ``input_size=None`` (the default) the
+    32x32x3 it has 452,298 trainable parameters, as Klachko's. With ``input_size=None`` (the default) the
     network is lazy: the first forward draws the masks and sizes the first linear layer (an
     ``nn.LazyLinear``), and fixes the input size; give ``input_size`` to build it up front
     (the counts above are for ``input_size=32``).
 
-    Source: the seed's ``cifarnet`` (models.py).
+    Source: Klachko's ``cifarnet`` (models.py).
 
     Args:
         **options: every option of :class:`~perturbnn.models.ModelConfig`.

@@ -1,6 +1,6 @@
 """LeNet-style PNN: three layers, each followed by pooling, then a two-layer classifier head.
 
-Source: the seed reproduction's ``lenet`` (3 convolution or perturbation layers followed by a
+Source: Klachko's ``lenet`` (3 convolution or perturbation layers followed by a
 fully connected head with 128 hidden units).
 """
 
@@ -25,12 +25,12 @@ def lenet(**options: Unpack[ModelOptions]) -> PlainNet:
     BatchNorm1d(128) -> activation -> Dropout -> Linear(128, num_classes)``. Works on 32x32 RGB
     (CIFAR-10) and 28x28 grayscale (MNIST, ``in_channels=1, input_size=28``). With
     ``nfilters=64`` and perturbation layers throughout on 32x32x3 it has 141,706 trainable
-    parameters, as the seed's. With ``input_size=None`` (the default) the
+    parameters, as Klachko's. With ``input_size=None`` (the default) the
     network is lazy: the first forward draws the masks and sizes the first linear layer (an
     ``nn.LazyLinear``), and fixes the input size; give ``input_size`` to build it up front
     (the counts above are for ``input_size=32``).
 
-    Source: the seed's ``lenet`` (models.py).
+    Source: Klachko's ``lenet`` (models.py).
 
     Args:
         **options: every option of :class:`~perturbnn.models.ModelConfig`.

@@ -1,8 +1,8 @@
-"""ResNet family: the CIFAR baseline, the original PNN networks and the seed's PNN ResNets.
+"""ResNet family: the CIFAR baseline, the original PNN networks and Klachko's PNN ResNets.
 
 Source: He et al., "Deep Residual Learning", CVPR 2016 (ResNet-18/34 basic blocks, ResNet-50/101/
 152 bottleneck blocks); PNN, CVPR 2018, Sec. 4 (``noiseresnet18`` and the original code's
-``noiseresnet34/50/101/152``); the seed reproduction's ``perturb_resnet18``.
+``noiseresnet34/50/101/152``); Klachko's ``perturb_resnet18``.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def resnet18(**options: Unpack[ModelOptions]) -> ResNet:
     224x224 inputs); the name is the independent reproduction's ``--net-type resnet18``.
 
     Stem: 3x3 convolution + BatchNorm + ReLU; stages of ``nfilters * (1, 2, 4, 8)`` channels
-    with strided 3x3 convolutions; 1x1 shortcut convolutions without bias. The seed's experiment
+    with strided 3x3 convolutions; 1x1 shortcut convolutions without bias. Klachko's experiment
     1 uses ``nfilters=44`` to match the PNN parameter count (5,284,982 parameters).
 
     Source: He et al., CVPR 2016; seed experiment 1 (``--net-type resnet18 --nfilters 44``).
@@ -275,7 +275,7 @@ def _noiseresnet(name: str, depth: int, options: ModelOptions) -> ResNet:
 
 
 def _perturb_resnet(name: str, depth: int, options: ModelOptions) -> ResNet:
-    """The seed's PerturbLayer ResNet of ``depth`` layers."""
+    """Klachko's PerturbLayer ResNet of ``depth`` layers."""
     used = frozenset(ModelConfig.__dataclass_fields__) - {"dropout"}
     config = ModelConfig.from_options(name, options, used=used)
     stem, size = stem_layer(config)
@@ -436,15 +436,15 @@ for _depth, _fn in ((50, noiseresnet50), (101, noiseresnet101), (152, noiseresne
 
 @register_model
 def perturb_resnet18(**options: Unpack[ModelOptions]) -> ResNet:
-    """The seed's flexible PNN ResNet-18 built from :class:`~perturbnn.PerturbLayer` s.
+    """Klachko's flexible PNN ResNet-18 built from :class:`~perturbnn.PerturbLayer` s.
 
     Stem: a :class:`PerturbLayer` with ``first_filter_size`` (0 = perturbation layer with noise
     ``level * scale_noise``; 7 adds 3x3 max pooling). Each block: two :class:`PerturbLayer` s with
     ``filter_size`` (the activation between noise and 1x1 convolution always on), pooling by the
-    stride between them; shortcut 1x1 convolutions without bias. ``filter_size=1`` gives the
-    seed's no-noise 1x1 network, ``filter_size=0`` the PNN.
+    stride between them; shortcut 1x1 convolutions without bias. ``filter_size=1`` gives
+    Klachko's no-noise 1x1 network, ``filter_size=0`` the PNN.
 
-    Source: the seed reproduction's ``perturb_resnet18``; seed experiments 4 to 8.
+    Source: Klachko's ``perturb_resnet18``; Klachko's experiments 4 to 8.
 
     Args:
         **options: every option of :class:`~perturbnn.models.ModelConfig` except ``dropout``;
@@ -472,7 +472,7 @@ def perturb_resnet34(**options: Unpack[ModelOptions]) -> ResNet:
     With ``filter_size=3, first_filter_size=7`` it has exactly the parameters of torchvision's
     ResNet-34 (21,797,672 for ``num_classes=1000``).
 
-    Source: the seed's ``perturb_resnet18`` deepened as He et al., CVPR 2016, Table 1.
+    Source: Klachko's ``perturb_resnet18`` deepened as He et al., CVPR 2016, Table 1.
 
     Args:
         **options: as :func:`perturb_resnet18`.

@@ -298,7 +298,7 @@ def restore_checkpoint(
             scheduler.load_state_dict(checkpoint["scheduler"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             # e.g. a checkpoint of a release whose schedule was a MultiStepLR (before the
-            # seed's per-data-set schedule): its state lacks the LambdaLR's entries.
+            # per-data-set schedule of Klachko's): its state lacks the LambdaLR's entries.
             raise CheckpointError(
                 f"the checkpoint's learning-rate schedule does not fit this one "
                 f"({type(exc).__name__}: {exc}); it was saved by another schedule (an older "

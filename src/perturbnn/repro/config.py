@@ -1,6 +1,6 @@
-""":class:`RunConfig`: all options of a run, with the seed's ``main.py`` defaults.
+""":class:`RunConfig`: all options of a run, with Klachko's ``main.py`` defaults.
 
-Source: the seed's ``main.py`` options, as described in
+Source: Klachko's ``main.py`` options, as described in
 ``../shared/reference/pnn-reproduction-notes.txt``.
 """
 
@@ -71,9 +71,9 @@ def _default_data_dir(download: bool = False) -> str:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """All options of a run, with the seed's ``main.py`` defaults.
+    """All options of a run, with Klachko's ``main.py`` defaults.
 
-    Field names are the seed's flags with dashes as underscores (``--net-type`` is
+    Field names are Klachko's flags with dashes as underscores (``--net-type`` is
     ``net_type``, ``--optim-method`` is ``optim_method``). :meth:`from_experiment` starts from
     a preset of :mod:`perturbnn.repro.experiments`.
 
@@ -91,7 +91,7 @@ class RunConfig:
         impl: how perturbation layers compute (``"auto"``, ``"eager"``, ``"compiled"``,
             ``"grouped"``; the same results, see ``docs/performance.md``). Not part of
             :data:`RESUME_FIELDS`: a run may resume with another ``impl``.
-        batch_size, learning_rate, nepochs, optim_method, weight_decay, momentum, manual_seed: training options; the seed's defaults are batch 64, rate 1e-3, 150
+        batch_size, learning_rate, nepochs, optim_method, weight_decay, momentum, manual_seed: training options; Klachko's defaults are batch 64, rate 1e-3, 150
             epochs, SGD with Nesterov momentum 0.9 and weight decay 1e-4, seed 1 (the rate then
             follows :func:`perturbnn.repro.optim.lr_factor`).
         lr_schedule: which learning-rate schedules, a key of
@@ -208,7 +208,7 @@ class RunConfig:
 
     @classmethod
     def from_experiment(cls, name: str, **overrides: Any) -> RunConfig:
-        """The seed's defaults, then preset ``name``, then ``overrides``.
+        """Klachko's defaults, then preset ``name``, then ``overrides``.
 
         Args:
             name (str): a name from :func:`perturbnn.repro.experiments.list_experiments`.

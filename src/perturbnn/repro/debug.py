@@ -1,6 +1,6 @@
 """Log the input, noise and output values of every noise layer, to check that noise is applied.
 
-The seed's ``--debug`` flag printed these values at every update step from inside its layers.
+Klachko's ``--debug`` flag printed these values at every update step from inside its layers.
 Here the layers stay silent: :func:`attach_debug_hooks` registers forward hooks that log through
 :mod:`logging`, and removing the returned handles turns it off again.
 

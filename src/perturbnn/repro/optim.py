@@ -1,10 +1,10 @@
-"""The seed's optimizers and learning-rate schedules.
+"""Klachko's optimizers and learning-rate schedules.
 
-Source: the seed's ``main.py`` options and defaults (``--optim-method SGD``: Nesterov momentum
+Source: Klachko's ``main.py`` options and defaults (``--optim-method SGD``: Nesterov momentum
 0.9, weight decay 1e-4; Adam with betas 0.9/0.999 and RMSprop also available) and its
-per-data-set learning-rate schedule (issue "Faithful to the seed"). The schedule the harness
+per-data-set learning-rate schedule (issue "Faithful to Klachko"). The schedule the harness
 used before, x0.2 at epochs 150, 250, 300, 350, 400, belongs to the original authors' later
-code, not to the seed; it is kept as the ``"authors"`` rule (:data:`LR_RULES`) for the presets
+code, not to Klachko's; it is kept as the ``"authors"`` rule (:data:`LR_RULES`) for the presets
 of the authors' updated recipe (``juefeix/pnn.pytorch.update``, ``main.py``: on CIFAR-10 the
 rate is multiplied by 0.2 from epochs 150, 250, 300, 350 and 400; its other data sets keep the
 schedules of the independent reproduction).
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-#: Optimizer names accepted by :func:`make_optimizer` (the seed's ``--optim-method``).
+#: Optimizer names accepted by :func:`make_optimizer` (Klachko's ``--optim-method``).
 OPTIMIZERS: tuple[str, ...] = ("Adam", "RMSprop", "SGD")
 
 
@@ -62,10 +62,10 @@ class LRSchedule:
         return float(self.gamma ** sum(1 for m in self.milestones if m <= epoch))
 
 
-#: The seed's schedules by training data set (keys as :data:`perturbnn.repro.data.DATASETS`).
+#: Klachko's schedules by training data set (keys as :data:`perturbnn.repro.data.DATASETS`).
 #: CIFAR-10: x0.2 from epochs 60, 90, 120, 160; CIFAR-100: x0.1 from 80, 120, 160; MNIST (and
 #: FashionMNIST, trained as MNIST): x0.2 from 30, 60, 90; ImageNet-style folders: x0.1 every
-#: 30 epochs. SVHN and STL-10: the seed's schedule names no rule for them; constant here.
+#: 30 epochs. SVHN and STL-10: Klachko's schedule names no rule for them; constant here.
 LR_SCHEDULES: Mapping[str, LRSchedule] = {
     "CIFAR10": LRSchedule(0.2, (60, 90, 120, 160)),
     "CIFAR100": LRSchedule(0.1, (80, 120, 160)),
@@ -163,7 +163,7 @@ def make_optimizer(
     weight_decay: float = 1e-4,
     betas: tuple[float, float] = (0.9, 0.999),
 ) -> Optimizer:
-    """Build one of the seed's optimizers over the trainable parameters.
+    """Build one of Klachko's optimizers over the trainable parameters.
 
     ``Adam`` uses ``betas`` and ``weight_decay``; ``RMSprop`` uses ``momentum`` and
     ``weight_decay``; ``SGD`` uses ``momentum``, ``weight_decay`` and Nesterov momentum. Only
@@ -219,7 +219,7 @@ def make_scheduler(
     gamma: float = 0.2,
     rule: str = "independent",
 ) -> LRScheduler:
-    """The seed's learning-rate schedule for ``dataset`` (see :data:`LR_SCHEDULES`).
+    """Klachko's learning-rate schedule for ``dataset`` (see :data:`LR_SCHEDULES`).
 
     Call ``scheduler.step()`` once at the end of every epoch. The rate of epoch ``e`` (counted
     from 1) is ``lr * lr_factor(dataset, e)``, set before the epoch's first step: on CIFAR-10
@@ -229,7 +229,7 @@ def make_scheduler(
         optimizer (Optimizer): the optimizer.
         dataset (str): the training data set, a key of :data:`LR_SCHEDULES`
             (case-insensitive). Ignored if ``milestones`` is given.
-        milestones (Sequence[int], optional): instead of the seed's schedule, multiply the rate
+        milestones (Sequence[int], optional): instead of Klachko's schedule, multiply the rate
             by ``gamma`` at these 0-based epoch indices (``MultiStepLR``).
         gamma (float): decay factor with ``milestones``. Default: ``0.2``.
         rule (str): which schedules, a key of :data:`LR_RULES`. Default: ``"independent"``.

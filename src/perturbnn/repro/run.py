@@ -64,7 +64,7 @@ class PreparedRun:
     Attributes:
         config (RunConfig): the configuration.
         model (nn.Module): the model, on ``device``.
-        optimizer (Optimizer), scheduler (LRScheduler): from the seed's choices.
+        optimizer (Optimizer), scheduler (LRScheduler): from Klachko's choices.
         train_loader, test_loader (DataLoader): the data.
         device (torch.device): where it trains.
         experiment (Experiment, optional): the preset, if one was applied.
@@ -92,7 +92,8 @@ class PreparedRun:
     distributed: Optional[_distributed.DistributedContext] = None
 
     def metadata(self) -> dict[str, Any]:
-        """Entries for ``summary.json``: experiment, its seed command and seed accuracy."""
+        """Entries for ``summary.json``: the experiment, the command and accuracy of its source
+        (the independent reproduction or the authors; ``seed_command``, ``seed_accuracy``)."""
         meta: dict[str, Any] = {"experiment": self.config.experiment}
         if self.experiment is not None:
             meta["seed_command"] = self.experiment.seed_command
@@ -161,9 +162,9 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     Order: seed the generators (``manual_seed``), load the resume checkpoint if any, build the
     loaders (:func:`perturbnn.repro.data.make_loaders`), then the model (:func:`perturbnn.build_model`
     with ``in_channels``, ``input_size`` and ``nclasses`` of the training set), initialize it
-    as the seed does (:func:`perturbnn.init_weights_`, drawn from the global RNG that
+    as Klachko's reproduction does (:func:`perturbnn.init_weights_`, drawn from the global RNG that
     ``manual_seed`` seeded; skipped on resume, where the checkpoint's weights are loaded), move
-    it to the device, then build the optimizer over its trainable parameters and the seed's
+    it to the device, then build the optimizer over its trainable parameters and Klachko's
     schedule (:func:`perturbnn.repro.optim.make_scheduler`).
 
     Started by ``torchrun`` with two or more processes, it first joins the process group

@@ -7,7 +7,7 @@ user win) and lowered while other processes keep the CPUs busy (the layer librar
 your own); each run records the counts (:func:`record_threads`), which ``--threads-from`` replays exactly
 (:mod:`perturbnn.repro.thread_record`); see docs/performance.md, "Sharing the CPU".
 
-Source: the seed's ``main.py`` (``--manual-seed``, ``--device``).
+Source: Klachko's ``main.py`` (``--manual-seed``, ``--device``).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def set_seed(seed: int) -> None:
     """Seed Python's ``random``, torch (CPU and all CUDA devices) and NumPy if installed.
 
     Args:
-        seed (int): a non-negative integer (the seed's ``--manual-seed``).
+        seed (int): a non-negative integer (Klachko's ``--manual-seed``).
 
     Raises:
         TypeError: if ``seed`` is not an int.

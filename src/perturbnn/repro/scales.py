@@ -3,7 +3,7 @@ ten experiments (the independent reproduction's eight and the authors' two), and
 predicted time of each run.
 
 * ``cpu``: every preset's width divided by 8, rounded up (128 -> 16 filters, the baseline's
-  44 -> 6, so that the parameter counts stay matched as in the seed; the authors' all-layers
+  44 -> 6, so that the parameter counts stay matched as in Klachko's; the authors' all-layers
   256 -> 32), each preset's own batch size and learning rate (and, for the authors' presets,
   their optimizer, schedule and noise level), 5 epochs on class-balanced subsets of 2,000
   training and 2,000 test images: the independent reproduction's eight are predicted to take
@@ -18,7 +18,7 @@ predicted time of each run.
   150) reaches only the last epoch; their full recipe is ``perturbnn-repro train
   --experiment authors-first3`` (450 epochs).
 
-Source: the seed's experiments in ``../shared/reference/pnn-reproduction-notes.txt``.
+Source: Klachko's experiments in ``../shared/reference/pnn-reproduction-notes.txt``.
 """
 
 from __future__ import annotations
@@ -97,12 +97,12 @@ def _size(subset: Optional[int], full: int) -> str:
 _CPU_DESCRIPTION = (
     "Widths divided by 8 and rounded up (128 -> 16 filters, the baseline's 44 -> 6, the "
     "authors' all-layers 256 -> 32), so that "
-    "the baseline and the PNN variants keep the parameter match the seed made (about 92,000 to "
-    "100,000 parameters each, except the fanout-64 variants, as at the seed's scale, and the "
+    "the baseline and the PNN variants keep the parameter match Klachko made (about 92,000 to "
+    "100,000 parameters each, except the fanout-64 variants, as at Klachko's scale, and the "
     "authors' all-layers preset, twice as wide: about 358,000). Each "
     "preset keeps its own batch size (10, 16 or 20) and learning rate (the authors' two also "
     "their Adam, schedule and noise level 0.1): a common batch of 64 would "
-    "change the optimisation the seed compared (4 to 6.4 times fewer steps per epoch), and it "
+    "change the optimisation Klachko compared (4 to 6.4 times fewer steps per epoch), and it "
     "measured no faster for the three fanout-64 experiments that set the budget. Training uses "
     "a class-balanced subset of {train:,} of the 50,000 training images for {epochs} epochs "
     "(the authors' presets too, instead of their 450); "
@@ -115,13 +115,13 @@ _CPU_DESCRIPTION = (
     "predicted to take about {minutes:.0f} minutes per seed ({three:.0f} minutes for three "
     "seeds; the spread over seeds is what tells a real difference from run-to-run noise, so "
     "three seeds of a shorter training were preferred to one seed of a longer one). At this scale the networks are far from "
-    "converged: absolute accuracies are not comparable with the seed's (150 epochs, all the "
+    "converged: absolute accuracies are not comparable with Klachko's (150 epochs, all the "
     "data, about 8 times wider), nor with the authors' (450 epochs). What can be compared is "
     "the ordering of the experiments after the same short training, and the metric error, "
     "since both figures come from the same run."
 )
 
-#: The shared settings. ``cpu`` is sized by :data:`CPU_COSTS`; ``full`` is the seed's.
+#: The shared settings. ``cpu`` is sized by :data:`CPU_COSTS`; ``full`` is Klachko's.
 SCALES: dict[str, Scale] = {
     "cpu": Scale(
         name="cpu",

@@ -9,7 +9,7 @@ Three commands:
   reproduction's eight, the authors' recipe's two) at one scale
   (``--scale cpu`` by default) over seeds (``1 2 3`` by default), then the report
   (:mod:`perturbnn.repro.cli.reproduce`; ``examples/reproduce.py``).
-* ``perturbnn-repro train [options]``: one run with the seed's ``main.py`` flags
+* ``perturbnn-repro train [options]``: one run with Klachko's ``main.py`` flags
   (:mod:`perturbnn.repro.cli.train`; ``examples/cifar10_repro.py``).
 
 ``perturbnn-repro COMMAND --help`` lists each command's flags.
@@ -30,7 +30,7 @@ PROG = "perturbnn-repro"
 
 _USAGE = f"""usage: {PROG} [demo] [options]        one short run: exact vs original figure (default)
        {PROG} reproduce [options]     the ten experiments over seeds, and the report
-       {PROG} train [options]         one run with the seed's main.py flags
+       {PROG} train [options]         one run with Klachko's main.py flags
 
 Without a command, {PROG} runs `demo`: one short CIFAR-10 run (about 1.5 minutes on 2 quiet CPU
 cores) printing the exact test accuracy, the original method's figure and the gap. The full

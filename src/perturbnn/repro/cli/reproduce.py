@@ -4,13 +4,13 @@ reproduction report (``examples/reproduce.py``).
 
 Each experiment is ``RunConfig.from_experiment(name, <scale>)`` then
 :func:`~perturbnn.repro.run.run_experiment`; the report comes from :mod:`perturbnn.repro.report`
-(mean and spread over seeds, comparisons with the seed, metric error, plots). Each experiment
-runs once per seed of ``--seeds`` (default ``1 2 3``: the report states every comparison with
-its run-to-run spread, which one seed cannot measure); the seed sets ``manual_seed``, hence the
-initial weights, the masks, the shuffling, the augmentation and the training subset (the test
-subset is the same for every run). Every run writes ``log.jsonl``, ``summary.json`` and
-checkpoints to ``<out-dir>/<experiment>/seed-<n>/``; the report is then built from those files
-alone. The scales are in :mod:`perturbnn.repro.scales`.
+(mean and spread over seeds, comparisons with the independent reproduction, metric error,
+plots). Each experiment runs once per seed of ``--seeds`` (default ``1 2 3``: the report states
+every comparison with its run-to-run spread, which one seed cannot measure); the seed sets
+``manual_seed``, hence the initial weights, the masks, the shuffling, the augmentation and the
+training subset (the test subset is the same for every run). Every run writes ``log.jsonl``,
+``summary.json`` and checkpoints to ``<out-dir>/<experiment>/seed-<n>/``; the report is then
+built from those files alone. The scales are in :mod:`perturbnn.repro.scales`.
 
 An interrupted run continues where it stopped, and seeds or experiments can be added to an
 existing output folder: a run (experiment and seed) whose ``summary.json`` exists is skipped
@@ -219,7 +219,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument(
         "--gpu-runs",
         default="docs/data/gpu_h200_runs.json",
-        help="JSON of short seed-width GPU runs to add to the report if the file exists ('' for none)",
+        help="JSON of short full-width GPU runs to add to the report if the file exists ('' for none)",
     )
     parser.add_argument(
         "--only",
@@ -251,7 +251,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--metric-run",
         metavar="NAME",
         default=None,
-        help="run of the metric-error section; None: 'original' (the network of the seed's own "
+        help="run of the metric-error section; None: 'original' (the network of Klachko's own "
         "metric comparison) if it ran",
     )
     add_progress_flag(parser)

@@ -314,7 +314,7 @@ def print_experiments() -> None:
 
 
 def resolve_config(argv: Optional[Sequence[str]]) -> RunConfig:
-    """Seed defaults, then the checkpoint's (with --resume), then the preset, then the flags."""
+    """Klachko's defaults, then the checkpoint's (with --resume), then the preset, then flags."""
     args = vars(build_parser().parse_args(argv))
     explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
     explicit.pop("list_experiments", None)
@@ -369,7 +369,7 @@ def print_result(summary: FitSummary, config: RunConfig) -> None:
     for label, value in rows:
         echo(f"  {label:<{width}}  {value}")
     if config.train_subset is not None or config.test_subset is not None:
-        echo("  (subsets of the data were used: not comparable with the seed's figures)")
+        echo("  (subsets of the data were used: not comparable with Klachko's figures)")
     threads = summary.metadata.get("threads")
     if threads is not None and summary.device == "cpu":
         schedule = ThreadSchedule.from_dict(threads)

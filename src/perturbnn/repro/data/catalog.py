@@ -1,10 +1,10 @@
 """The data sets the harness knows: their shapes, class counts, statistics and transforms.
 
-CIFAR-10 and MNIST (offline ``.npz`` copies or torchvision's folders), and, as the seed's data
+CIFAR-10 and MNIST (offline ``.npz`` copies or torchvision's folders), and, as Klachko's data
 loader offers them, CIFAR-100, SVHN, STL-10, FashionMNIST (torchvision's official folders) and
 an ImageNet-style class-folder tree (``torchvision.datasets.ImageFolder``).
 
-Source: the seed's ``dataloader.py`` (issue "Faithful to the seed": CIFAR-100 transformed as
+Source: Klachko's ``dataloader.py`` (issue "Faithful to Klachko": CIFAR-100 transformed as
 CIFAR-10, SVHN and STL-10 normalized with mean and std 0.5, FashionMNIST as MNIST, folders with
 224-pixel crops and ImageNet normalization) and the original PNN code's normalization
 constants (see :data:`CIFAR10_STD`).
@@ -43,9 +43,9 @@ CIFAR10_STD: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
 MNIST_MEAN: tuple[float] = (0.1307,)
 #: Standard deviation used to normalize MNIST (0-1 scale).
 MNIST_STD: tuple[float] = (0.3081,)
-#: Mean and std 0.5 per channel: the seed's normalization of SVHN and STL-10 (to ``[-1, 1]``).
+#: Mean and std 0.5 per channel: Klachko's normalization of SVHN and STL-10 (to ``[-1, 1]``).
 HALF: tuple[float, float, float] = (0.5, 0.5, 0.5)
-#: ImageNet statistics (0-1 scale), the seed's normalization of an ImageNet-style folder.
+#: ImageNet statistics (0-1 scale), Klachko's normalization of an ImageNet-style folder.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 #: See :data:`IMAGENET_MEAN`.
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -143,7 +143,7 @@ _SPECS: dict[str, _Spec] = {
         title="CIFAR-100",
         download_size="about 170 MB for both splits",
         info=DatasetInfo("CIFAR100", in_channels=3, input_size=32, nclasses=100),
-        mean=CIFAR10_MEAN,  # the seed transforms CIFAR-100 as CIFAR-10
+        mean=CIFAR10_MEAN,  # Klachko's reproduction transforms CIFAR-100 as CIFAR-10
         std=CIFAR10_STD,
         augment=True,
         classes=(),  # read from the folder's meta file
@@ -203,7 +203,7 @@ _SPECS: dict[str, _Spec] = {
         title="Fashion-MNIST",
         download_size="about 31 MB for both splits",
         info=DatasetInfo("FashionMNIST", in_channels=1, input_size=28, nclasses=10),
-        mean=MNIST_MEAN,  # the seed treats FashionMNIST as MNIST
+        mean=MNIST_MEAN,  # Klachko's reproduction treats FashionMNIST as MNIST
         std=MNIST_STD,
         augment=False,
         classes=tuple(
@@ -264,7 +264,7 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def build_transform(name: str, *, train: bool) -> v2.Compose:
-    """Return the per-image transform of the seed's data loader.
+    """Return the per-image transform of Klachko's data loader.
 
     - CIFAR-10 and CIFAR-100 training images are randomly cropped (32 pixels with zero padding
       4) and randomly flipped horizontally; their test images are not augmented. Both use

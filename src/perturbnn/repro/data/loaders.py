@@ -158,7 +158,7 @@ def make_loaders(
     wrapped in :class:`~perturbnn.repro.data.seeding.SeededAugmentation`, so the random
     augmentation of every sample depends on ``seed``, the epoch and the sample only (not on
     ``num_workers``). A last training batch of a single sample is dropped (BatchNorm cannot
-    train on one sample; the seed's loader would stop with an error there). The test loader
+    train on one sample; Klachko's loader would stop with an error there). The test loader
     keeps the data set's order and never drops a batch.
 
     Args:
