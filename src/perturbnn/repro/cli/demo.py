@@ -1,7 +1,8 @@
 """``perturbnn-repro demo`` (what ``perturbnn-repro`` runs without a command): one short run
 of a network with perturbation layers that shows the independent reproduction's main finding
-on the metric, in under 3 minutes on 2 quiet CPU cores (measured: 2 min 39 s on one thread
-of 2 cores that other processes kept busy).
+on the metric, in under 3 minutes on 2 quiet CPU cores (measured on 2 cores that other
+processes kept busy: 2 min 39 s and 4 min 19 s wall, on one thread, 150 s and 136 s of CPU
+time).
 
 It trains the independent reproduction's ``pnn-fanout64-shared`` experiment (PNN ResNet-18: a
 3x3 convolution first, then perturbation layers with 64 fixed noise masks shared by all input
