@@ -90,6 +90,7 @@ class FakeRun:
 
     distributed = None
     model = torch.nn.Linear(1, 1)
+    mask_values = 3 * 32 * 32  # a model with noise masks
 
     def __init__(self, summary: Optional[FitSummary] = None, error: Optional[BaseException] = None):
         self.summary, self.error = summary, error
@@ -202,3 +203,19 @@ def test_demo_interrupted_says_so_in_one_line(
     assert demo.main(["--threads", "1"]) == code
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [line]  # no traceback
+
+
+@pytest.mark.parametrize(
+    ("experiment", "mask_values", "kind"),
+    [
+        ("pnn-fanout64-shared", 10, "(perturbation layers, 64 noise masks per channel)"),
+        ("original", 10, "(perturbation layers, 1 noise mask per channel)"),
+        ("no-noise-1x1", 0, "(no noise masks)"),
+    ],
+)
+def test_demo_header_says_whether_the_network_has_noise_masks(
+    experiment: str, mask_values: int, kind: str
+) -> None:
+    args = demo.build_parser().parse_args(["--experiment", experiment])
+    header = demo._header(args, demo.demo_config(args), mask_values)
+    assert f"{experiment!r} experiment {kind} at width 8" in header

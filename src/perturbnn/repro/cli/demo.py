@@ -199,12 +199,12 @@ def demo_config(args: argparse.Namespace) -> RunConfig:
     )
 
 
-def _header(args: argparse.Namespace, config: RunConfig) -> str:
-    experiment = EXPERIMENTS[args.experiment]
-    masks = experiment.config.get("nmasks")
+def _header(args: argparse.Namespace, config: RunConfig, mask_values: int) -> str:
+    """The first line: what trains (``mask_values``: noise-mask values in the built model)."""
+    masks = config.nmasks
     kind = (
         f"perturbation layers, {masks} noise mask{'s' if masks != 1 else ''} per channel"
-        if masks
+        if mask_values
         else "no noise masks"
     )
     return (
@@ -238,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if config.out_dir is not None:
                 need = CHECKPOINT_COPIES * estimate_checkpoint_bytes(run.model, run.optimizer)
                 check_out_dir(Path(config.out_dir), need_bytes=need)
-            echo(_header(args, config))
+            echo(_header(args, config, run.mask_values))
             echo(plan.describe())
             log_to_stdout()
             try:
