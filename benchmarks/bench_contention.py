@@ -30,8 +30,8 @@ runs in three thread modes, interleaved sample by sample so that a change of loa
   what share of a core one thread gets beside the competitor (the guard's choice when busy).
 
 The table gives medians and the busy/quiet ratios (an even share of 2 cores with one other
-job is 2x). It then times the README's main job (``python -m perturbnn.repro``, the demo: about
-1.5 minutes on 2 quiet cores) quiet and beside the competitor (both sessions), with the
+job is 2x). It then times the README's main job (``python -m perturbnn.repro``, the demo: under
+3 minutes on 2 quiet cores) quiet and beside the competitor (both sessions), with the
 harness's choice, and quiet and busy with ``--threads N`` (fixed, torch's count; ``--main-job
 harness`` skips these); a busy run still going after ``--main-job-limit`` times its quiet time
 is stopped and shown as ``>``.
