@@ -219,3 +219,14 @@ def test_demo_header_says_whether_the_network_has_noise_masks(
     args = demo.build_parser().parse_args(["--experiment", experiment])
     header = demo._header(args, demo.demo_config(args), mask_values)
     assert f"{experiment!r} experiment {kind} at width 8" in header
+
+
+def test_an_unusable_out_dir_is_an_error_before_any_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(demo, "prepare_run", lambda config: FakeRun(fake_summary()))
+    assert demo.main(["--threads", "1", "--out-dir", str(blocker / "run")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and len(err.strip().splitlines()) == 1
