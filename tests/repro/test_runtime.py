@@ -292,6 +292,7 @@ def test_demo_runs_under_the_thread_choice_and_restores_it(
 
     class FakeRun:  # what prepare_run returns; fit() sees the thread choice and the guard
         distributed = None
+        mask_values = 0
 
         def fit(self, logger: Any = None) -> Any:
             seen.append((torch.get_num_threads(), runtime._GUARD[0] is not None))

@@ -291,6 +291,7 @@ def test_demo_replays_a_matching_record(
 
     class FakeRun:  # what prepare_run returns; its fit() sees the replayed schedule
         distributed = None
+        mask_values = 0
 
         def fit(self, logger: Any = None) -> Any:
             seen.append(runtime._REPLAY[0])
