@@ -42,8 +42,8 @@ start of each phase every guard's window restarts and covers a second of that ph
 first sample (as in a loop that ran on).
 
 The table gives medians and the busy/quiet ratios (an even share of 2 cores with one other
-job is 2x). It then times the README's main job (``python -m perturbnn.repro``, the demo: about
-1.5 minutes on 2 quiet cores) quiet and beside the competitor (both sessions), with the
+job is 2x). It then times the README's main job (``python -m perturbnn.repro``, the demo: under
+3 minutes on 2 quiet cores) quiet and beside the competitor (both sessions), with the
 harness's choice, and quiet and busy with ``--threads N`` (fixed, torch's count; ``--main-job
 harness`` skips these); a busy run still going after ``--main-job-limit`` times its quiet time
 is stopped and shown as ``>``.

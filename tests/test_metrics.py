@@ -12,7 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import scaled
-from perturbnn.metrics import ExactAccuracy, OriginalSmoothedAccuracy
+from perturbnn.metrics import (
+    ExactAccuracy,
+    OriginalSmoothedAccuracy,
+    original_best_of_orders,
+    overstatement_over_orderings,
+)
 
 
 def one_hot_logits(labels: list[int], num_classes: int = 3) -> torch.Tensor:
@@ -427,3 +432,146 @@ def test_smoothed_repr_shows_the_options_and_state() -> None:
         "OriginalSmoothedAccuracy(smoothing=0.5, nominal_batch_size=4, "
         "skip_uneven_batches=True, value=0.3750, epochs=1)"
     )
+
+
+# ------------------------------------------------------- the original figure over test orders
+
+
+def literal_best(correct: torch.Tensor, batch_size: int, order: list[int]) -> float:
+    """The original figure of one order, through OriginalSmoothedAccuracy batch by batch, as
+    fit() feeds it (nominal batch size, never reset)."""
+    smoothed = OriginalSmoothedAccuracy(nominal_batch_size=batch_size)
+    for epoch in correct.tolist():
+        visited = [epoch[i] for i in order]
+        for start in range(0, len(visited), batch_size):
+            hits = visited[start : start + batch_size]
+            # predicted label 1 where correct, 0 where wrong, against targets all 1
+            smoothed.update(
+                torch.tensor([int(h) for h in hits]), torch.ones(len(hits), dtype=torch.long)
+            )
+        smoothed.end_epoch()
+    return smoothed.best
+
+
+predictions = st.integers(1, 4).flatmap(
+    lambda epochs: st.integers(1, 40).flatmap(
+        lambda n: st.lists(
+            st.lists(st.booleans(), min_size=n, max_size=n), min_size=epochs, max_size=epochs
+        )
+    )
+)
+
+
+@settings(max_examples=scaled(40), deadline=None)
+@given(rows=predictions, batch_size=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_original_best_of_orders_equals_the_literal_loop(
+    rows: list[list[bool]], batch_size: int, seed: int
+) -> None:
+    correct = torch.tensor(rows)
+    n = correct.shape[1]
+    shuffled = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    orders = torch.stack([torch.arange(n), shuffled])
+    got = original_best_of_orders(correct, batch_size, orders).tolist()
+    assert got[0] == literal_best(correct, batch_size, list(range(n)))  # bit for bit
+    assert got[1] == literal_best(correct, batch_size, shuffled.tolist())
+
+
+def test_original_best_of_orders_does_not_depend_on_the_chunking() -> None:
+    gen = torch.Generator().manual_seed(3)
+    correct = torch.rand(3, 50, generator=gen) < 0.5
+    orders = torch.stack([torch.randperm(50, generator=gen) for _ in range(150)])  # > 2 chunks
+    together = original_best_of_orders(correct, 7, orders)
+    alone = torch.cat([original_best_of_orders(correct, 7, row[None]) for row in orders])
+    assert torch.equal(together, alone)
+    assert together.unique().numel() > 1  # the order matters
+
+
+def test_original_best_of_orders_by_hand() -> None:
+    # Epoch 1 in batches of 2: [T, F] 0.5 -> 0.15; [T, T] 1.0 -> 0.405.
+    # Epoch 2 (all wrong) decays it: 0.2835, 0.19845. Best: 0.405.
+    correct = torch.tensor([[True, False, True, True], [False] * 4])
+    got = original_best_of_orders(correct, 2, torch.tensor([[0, 1, 2, 3], [2, 3, 0, 1]]))
+    # Order 2: [T, T] 0.3; [T, F] 0.21 + 0.15 = 0.36.
+    assert got.tolist() == pytest.approx([0.405, 0.36])
+
+
+@settings(max_examples=scaled(20), deadline=None)
+@given(rows=predictions, batch_size=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_overstatement_is_deterministic_under_a_seeded_generator(
+    rows: list[list[bool]], batch_size: int, seed: int
+) -> None:
+    correct = torch.tensor(rows)
+
+    def study() -> Any:
+        return overstatement_over_orderings(
+            correct, batch_size, orderings=30, generator=torch.Generator().manual_seed(seed)
+        )
+
+    first, second = study(), study()
+    assert torch.equal(first.figures, second.figures)
+    assert first.figures.shape == (30,)
+    n = correct.shape[1]
+    assert first.actual == literal_best(correct, batch_size, list(range(n)))
+    assert first.exact_best == max(sum(row) / n for row in rows)
+
+
+def test_overstatement_summary_statistics() -> None:
+    gen = torch.Generator().manual_seed(0)
+    correct = torch.rand(8, 400, generator=gen) < 0.4
+    study = overstatement_over_orderings(correct, 16, orderings=200, generator=gen)
+    gaps = study.figures - study.exact_best
+    assert study.mean == pytest.approx(float(gaps.mean()))
+    low, high = study.interval
+    half = 1.96 * float(gaps.std()) / 200**0.5
+    assert (low, high) == pytest.approx((study.mean - half, study.mean + half))
+    assert study.fraction_above == float((gaps > 0).double().mean())
+    # Best of eight noisy figures of the same accuracy: above the exact best, beyond the noise.
+    assert low > 0 and study.fraction_above > 0.5
+
+
+def test_overstatement_of_perfect_predictions_is_the_uneven_batch_only() -> None:
+    # All correct: every batch is 1.0 but the last (4 of 16 counted as 16), in every order.
+    correct = torch.ones(2, 36, dtype=torch.bool)
+    study = overstatement_over_orderings(correct, 16, orderings=5)
+    assert study.figures.unique().numel() == 1 and study.interval[0] == study.interval[1]
+    assert study.actual == literal_best(correct, 16, list(range(36))) < 1.0 == study.exact_best
+    assert study.fraction_above == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"correct": [[True]]}, TypeError, "correct must be a torch.Tensor"),
+        ({"correct": torch.ones(4, dtype=torch.bool)}, ValueError, "correct must be a non-empty"),
+        ({"correct": torch.ones(1, 4)}, ValueError, "correct must hold bool"),
+        ({"correct": torch.full((1, 4), 2)}, ValueError, "only 0 and 1"),
+        ({"batch_size": 0}, ValueError, "batch_size must be a positive int, got 0"),
+        ({"orders": [[0, 1, 2, 3]]}, TypeError, "orders must be a torch.Tensor"),
+        ({"orders": torch.tensor([[0, 1, 2]])}, ValueError, r"Tensor\[num_orders, 4\]"),
+        ({"orders": torch.tensor([[0, 1, 1, 3]])}, ValueError, "permutation of range"),
+        ({"orders": torch.zeros(1, 4)}, ValueError, "integer indices"),
+        ({"smoothing": 1.0}, ValueError, r"smoothing must be in \[0, 1\), got 1.0"),
+    ],
+)
+def test_original_best_of_orders_bad_input(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    args: dict[str, Any] = {
+        "correct": torch.ones(1, 4, dtype=torch.bool),
+        "batch_size": 2,
+        "orders": torch.arange(4)[None],
+    }
+    args.update(kwargs)
+    smoothing = args.pop("smoothing", 0.7)
+    with pytest.raises(error, match=match):
+        original_best_of_orders(
+            args["correct"], args["batch_size"], args["orders"], smoothing=smoothing
+        )
+
+
+def test_overstatement_bad_input() -> None:
+    correct = torch.ones(1, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="orderings must be a positive int, got 0"):
+        overstatement_over_orderings(correct, 2, orderings=0)
+    with pytest.raises(TypeError, match=r"generator must be a torch\.Generator"):
+        overstatement_over_orderings(correct, 2, generator=3)  # type: ignore[arg-type]

@@ -291,11 +291,15 @@ def test_demo_runs_under_the_thread_choice_and_restores_it(
     class Stop(Exception):
         pass
 
-    def fake_run(config: Any, logger: Any = None) -> Any:
-        seen.append((torch.get_num_threads(), runtime._GUARD[0] is not None))
-        raise Stop
+    class FakeRun:  # what prepare_run returns; fit() sees the thread choice and the guard
+        distributed = None
+        mask_values = 0
 
-    monkeypatch.setattr(demo_cli, "run_experiment", fake_run)
+        def fit(self, logger: Any = None) -> Any:
+            seen.append((torch.get_num_threads(), runtime._GUARD[0] is not None))
+            raise Stop
+
+    monkeypatch.setattr(demo_cli, "prepare_run", lambda config: FakeRun())
     monkeypatch.setattr(demo_cli, "log_to_stdout", lambda: None)  # no handler on capsys's stream
     try:
         with pytest.raises(Stop):

@@ -257,7 +257,7 @@ def _demo_config(*flags: str) -> dict[str, Any]:
             lambda p: _summary(p / "s.json", _demo_config("--experiment", "baseline"), RECORD),
             "--threads-from {p}/s.json: recorded by a run of another configuration, so its "
             "counts would not fall on the same steps (experiment: 'baseline' there, "
-            "'no-noise-1x1' here",
+            "'pnn-fanout64-shared' here",
         ),
         (
             lambda p: _summary(p / "s.json", _demo_config("--manual-seed", "2"), RECORD),
@@ -272,7 +272,7 @@ def test_demo_refuses_a_bad_threads_from_in_one_line_before_any_output(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(demo_cli, "run_experiment", lambda *a, **k: pytest.fail("it ran"))
+    monkeypatch.setattr(demo_cli, "prepare_run", lambda *a, **k: pytest.fail("it ran"))
     assert demo_cli.main(["--threads-from", str(make(tmp_path))]) == 2
     out, err = capsys.readouterr()
     assert out == ""
@@ -289,11 +289,15 @@ def test_demo_replays_a_matching_record(
     class Stop(Exception):
         pass
 
-    def fake_run(config: Any, logger: Any = None) -> Any:
-        seen.append(runtime._REPLAY[0])
-        raise Stop
+    class FakeRun:  # what prepare_run returns; its fit() sees the replayed schedule
+        distributed = None
+        mask_values = 0
 
-    monkeypatch.setattr(demo_cli, "run_experiment", fake_run)
+        def fit(self, logger: Any = None) -> Any:
+            seen.append(runtime._REPLAY[0])
+            raise Stop
+
+    monkeypatch.setattr(demo_cli, "prepare_run", lambda config: FakeRun())
     monkeypatch.setattr(demo_cli, "log_to_stdout", lambda: None)
     before = torch.get_num_threads()
     with pytest.raises(Stop):

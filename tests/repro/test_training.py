@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from perturbnn import NoiseMask, PerturbConv2d
-from perturbnn.metrics import OriginalSmoothedAccuracy
+from perturbnn.metrics import OriginalSmoothedAccuracy, overstatement_over_orderings
 from perturbnn.repro import checkpoint as checkpoint_mod
 from perturbnn.repro import progress as progress_mod
 from perturbnn.repro import runtime as runtime_mod
@@ -210,6 +210,12 @@ def test_evaluate_matches_hand_count(n: int, batch_size: int, nclasses: int, see
         correct += int(best == targets[i].item())
     assert (result.correct, result.total) == (correct, n)
     assert result.accuracy == correct / n
+    assert result.sample_correct is not None and result.sample_correct.dtype == torch.bool
+    hand = [
+        max(range(nclasses), key=lambda c: (logits[i, c].item(), -c)) == targets[i].item()
+        for i in range(n)
+    ]
+    assert result.sample_correct.tolist() == hand  # in the loader's order
     expected_loss = F.cross_entropy(logits.double(), targets).item()
     assert result.loss == pytest.approx(expected_loss, rel=1e-5)
 
@@ -320,6 +326,20 @@ def test_resume_continues_at_next_epoch_and_matches_uninterrupted(tmp_path: Path
         assert torch.equal(p, q)
     lines = (tmp_path / "second" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_fit_keeps_each_test_samples_correctness_per_epoch(tmp_path: Path) -> None:
+    summary, *_ = train_for(3, None)
+    correct = summary.test_correct
+    assert correct is not None and correct.shape == (3, 40) and correct.dtype == torch.bool
+    # The recorded predictions regenerate the run's exact and original-method figures.
+    assert (correct.sum(dim=1).double() / 40).tolist() == summary.history["test_acc"]
+    study = overstatement_over_orderings(correct, 16, orderings=3)
+    assert study.actual == summary.original_best_acc and study.exact_best == summary.best_acc
+    assert "test_correct" not in summary.to_dict()  # in memory only
+    train_for(2, tmp_path / "first")
+    resumed, *_ = train_for(3, None, resume=tmp_path / "first" / "checkpoint_last.pt")
+    assert resumed.test_correct is None  # the first two epochs' predictions are not saved
 
 
 def test_resume_when_already_done_trains_nothing(tmp_path: Path) -> None:

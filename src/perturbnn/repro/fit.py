@@ -90,6 +90,11 @@ class FitSummary:
         config (dict): the run's configuration.
         metadata (dict): extra entries for ``summary.json`` (e.g. the experiment's seed figure).
         out_dir (str, optional): where the files are, if written.
+        test_correct (Tensor[epochs, test_samples] of bool, optional): whether each test
+            sample was classified correctly after each epoch, in the test loader's order (the
+            input of :func:`perturbnn.metrics.overstatement_over_orderings`). Kept in memory
+            only, not in ``summary.json``; ``None`` after a resume (the earlier epochs' are
+            not saved) or under sharded evaluation.
     """
 
     best_acc: float
@@ -106,6 +111,7 @@ class FitSummary:
     config: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
     out_dir: Optional[str] = None
+    test_correct: Optional[torch.Tensor] = field(default=None, compare=False, repr=False)
 
     @property
     def gap(self) -> float:
@@ -150,6 +156,7 @@ def _summarize(
     config: dict[str, Any],
     metadata: Mapping[str, Any],
     out_dir: Optional[Path],
+    test_correct: Optional[torch.Tensor] = None,
 ) -> FitSummary:
     test_acc = [float(v) for v in history["test_acc"]]
     original = [float(v) for v in history["original_acc"]]
@@ -169,6 +176,7 @@ def _summarize(
         config=config,
         metadata=dict(metadata),
         out_dir=str(out_dir) if out_dir is not None else None,
+        test_correct=test_correct,
     )
 
 
@@ -267,7 +275,8 @@ def fit(
             (main thread only; the previous handlers are restored on return). Default: ``True``.
 
     Returns:
-        FitSummary: best and last exact accuracy, the original-method figure, and the history.
+        FitSummary: best and last exact accuracy, the original-method figure, the history, and
+        (in memory only, for a run not resumed) each test sample's correctness per epoch.
 
     Raises:
         ValueError: if ``epochs`` is not positive.
@@ -293,6 +302,7 @@ def fit(
         smoothing=smoothing, nominal_batch_size=nominal if isinstance(nominal, int) else None
     )
     history: dict[str, list[Any]] = {key: [] for key in HISTORY_KEYS}
+    test_correct: list[Optional[torch.Tensor]] = []  # this process's epochs, in memory only
     best_acc = -math.inf
     best_epoch = 0
     start = 0
@@ -374,6 +384,7 @@ def fit(
             )
             test = evaluate(model, test_loader, device=dev, smoothed=smoothed, loss_fn=loss_fn)
             original = smoothed.end_epoch()
+            test_correct.append(test.sample_correct)
             if scheduler is not None:
                 scheduler.step()
             seconds = time.perf_counter() - began
@@ -451,6 +462,8 @@ def fit(
     if not history["epoch"]:
         raise ValueError(f"nothing trained and no history to summarize (epochs={epochs})")
     meta["threads"] = recorder.schedule(finished=True).to_dict()
+    recorded = [t for t in test_correct if t is not None]
+    complete = start == 0 and bool(recorded) and len(recorded) == len(test_correct)
     summary = _summarize(
         history,
         parameters=parameters,
@@ -459,6 +472,7 @@ def fit(
         config=plain_config,
         metadata=meta,
         out_dir=directory,
+        test_correct=torch.stack(recorded) if complete else None,
     )
     if directory is not None:
         _atomic_write_text(

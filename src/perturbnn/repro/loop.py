@@ -188,7 +188,8 @@ def evaluate(
         progress (bool): show a tqdm bar (needs tqdm). Default: ``False``.
 
     Returns:
-        EvalResult: per-sample mean loss, exact accuracy, ``correct`` and ``total``.
+        EvalResult: per-sample mean loss, exact accuracy, ``correct``, ``total`` and (outside
+        sharded evaluation) ``sample_correct``, each sample's correctness in the loader's order.
 
     Raises:
         ValueError: if the loader yields no batch, or a standard ``DataLoader`` yields a
@@ -205,6 +206,7 @@ def evaluate(
     model.eval()
     accuracy = ExactAccuracy()
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    hits: list[Tensor] = []  # per-sample correctness, kept on the device until the end
     try:
         with torch.no_grad():
             for inputs, targets, _ in _batches(loader, dev, progress=progress, desc="test"):
@@ -214,14 +216,18 @@ def evaluate(
                 accuracy.update(outputs, targets)
                 if smoothed is not None:
                     smoothed.update(outputs, targets)
+                if outputs.dim() == 2:
+                    hits.append(outputs.argmax(dim=1).eq(targets.to(outputs.device)))
     finally:
         model.train(was_training)
     if accuracy.total == 0:
         raise ValueError("the evaluation loader yielded no sample")
     value = accuracy.compute(expected_total=_expected_total(loader))
+    sample_correct = torch.cat(hits).cpu() if hits else None
     return EvalResult(
         loss=loss_sum.item() / accuracy.total,
         accuracy=value,
         correct=accuracy.correct,
         total=accuracy.total,
+        sample_correct=sample_correct,
     )

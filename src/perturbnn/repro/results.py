@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
+
+from torch import Tensor
 
 __all__ = ["EvalResult", "TrainResult"]
 
@@ -34,9 +37,14 @@ class EvalResult:
         accuracy (float): exact accuracy ``correct / total``, a fraction.
         correct (int): correctly classified samples.
         total (int): samples evaluated.
+        sample_correct (Tensor[total] of bool, optional): whether each sample was classified
+            correctly, in the loader's order, on the CPU (what
+            :func:`perturbnn.metrics.original_best_of_orders` needs); ``None`` where not
+            recorded (sharded evaluation under ``torch.distributed``).
     """
 
     loss: float
     accuracy: float
     correct: int
     total: int
+    sample_correct: Optional[Tensor] = field(default=None, compare=False, repr=False)
