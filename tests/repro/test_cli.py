@@ -288,10 +288,15 @@ def test_readme_opens_with_the_two_commands_ci_runs() -> None:
     # Nothing but the title and one paragraph before the commands.
     assert readme.index("```bash") < readme.index("\n## ")
     install_and_run, install_and_test = first_block.group(1).strip().splitlines()
-    assert install_and_run.endswith("python -m perturbnn.repro")
+    # The main job fetches its data on a fresh machine (tests/repro/test_download.py runs it).
+    assert install_and_run.endswith("python -m perturbnn.repro --download")
     assert "pip install" in install_and_run and "pip install" in install_and_test
     ci_lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line.strip()]
     assert ci_lines[-1] == install_and_test
+    # The CPU-only install: PyTorch's CPU index first, then the package.
+    cpu = re.findall(r"```bash\n(.*?)```", readme, re.S)[1].strip().splitlines()
+    assert cpu[0].endswith("--index-url https://download.pytorch.org/whl/cpu")
+    assert cpu[1] == install_and_run.split(" && ")[0]
 
 
 def test_scale_summary_counts_epochs_grammatically() -> None:
