@@ -81,12 +81,13 @@ def test_preset_values(name: str, config: dict, train: dict) -> None:
 
 
 # The authors' updated recipe (juefeix/pnn.pytorch.update): README commands quoted in its
-# issues 2 and 3 and its expr_commands.txt; figures 90.35% and 85.92%.
+# issues 2 and 3 and its expr_commands.txt; figures 90.35% and 85.92%; the network changes of
+# its models.py (commit 2c1604fa): a frozen first convolution, a wider first perturbation layer.
 AUTHORS = {
     "authors-first3": (
         "noiseresnet18",
         0.9035,
-        {"nfilters": 128, "first_filter_size": 3, "level": 0.1},
+        {"nfilters": 128, "first_filter_size": 3, "level": 0.1, "freeze_first": True},
         10,
         "--nfilters 128 --batch-size 10 --learning-rate 1e-4 --first_filter_size 3 --level 0.1 "
         "--optim-method Adam --nepochs 450",
@@ -94,7 +95,14 @@ AUTHORS = {
     "authors-all-layers": (
         "perturb_resnet18",
         0.8592,
-        {"nfilters": 256, "first_filter_size": 0, "filter_size": 0, "nmasks": 1, "level": 0.1},
+        {
+            "nfilters": 256,
+            "first_filter_size": 0,
+            "filter_size": 0,
+            "nmasks": 1,
+            "level": 0.1,
+            "first_layer": "authors",
+        },
         20,
         "--nfilters 256 --batch-size 20 --learning-rate 1e-4 --first_filter_size 0 "
         "--filter_size 0 --nmasks 1 --level 0.1 --optim-method Adam --nepochs 450",

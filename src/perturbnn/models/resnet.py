@@ -24,7 +24,13 @@ from perturbnn.models._common import (
 )
 from perturbnn.models._config import ModelConfig, ModelOptions
 from perturbnn.models._registry import register_model
-from perturbnn.models.blocks import EXPANSION, BasicBlock, NoiseLayer, PerturbBottleneck
+from perturbnn.models.blocks import (
+    EXPANSION,
+    AuthorsFirstLayer,
+    BasicBlock,
+    NoiseLayer,
+    PerturbBottleneck,
+)
 
 __all__ = [
     "ResNet",
@@ -146,8 +152,35 @@ def _check_pooled_size(name: str, config: ModelConfig, stage_input: Optional[int
 
 
 _NOISE_OPTIONS = frozenset(
-    {"level", "act", "pool_type", "unique_masks", "train_masks", "noise_type", "first_filter_size"}
+    {
+        "level",
+        "act",
+        "pool_type",
+        "unique_masks",
+        "train_masks",
+        "noise_type",
+        "first_filter_size",
+        "freeze_first",
+    }
 )
+
+
+def _freeze_first(name: str, config: ModelConfig, conv: nn.Module) -> None:
+    """With ``freeze_first``, fix the weights of the first convolution ``conv`` in place.
+
+    The weight stays an ``nn.Parameter`` (same ``state_dict`` key, saved and restored with the
+    model) with ``requires_grad=False``: no gradient reaches it, an optimizer over the
+    parameters with ``requires_grad`` leaves it out, and :func:`perturbnn.count_parameters`
+    does not count it. A bias and the BatchNorm after it stay trainable.
+    """
+    if not config.freeze_first:
+        return
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(
+            f"{name}: freeze_first fixes the first layer's regular convolution, so it needs "
+            f"first_filter_size > 0, got first_filter_size={config.first_filter_size}"
+        )
+    conv.weight.requires_grad_(False)
 
 
 @register_model
@@ -181,7 +214,7 @@ def resnet18(**options: Unpack[ModelOptions]) -> ResNet:
         >>> resnet18(nfilters=8)(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    config = ModelConfig.from_options("resnet18", options, used=frozenset())
+    config = ModelConfig.from_options("resnet18", options, used=frozenset({"freeze_first"}))
     fk = config.factory_kwargs
 
     def body(in_channels: int, out_channels: int, stride: int, size: Optional[int]) -> nn.Module:
@@ -198,6 +231,7 @@ def resnet18(**options: Unpack[ModelOptions]) -> ResNet:
         nn.BatchNorm2d(config.nfilters, **fk),
         nn.ReLU(),
     )
+    _freeze_first("resnet18", config, stem[0])
     return ResNet(stem, _stages(config, config.input_size, body), 8 * config.nfilters, config)
 
 
@@ -238,6 +272,7 @@ def _noiseresnet(name: str, depth: int, options: ModelOptions) -> ResNet:
     )
     fk = config.factory_kwargs
     stem, size = _regular_stem(name, config)
+    _freeze_first(name, config, stem[0])
 
     def noise_stage(channels: int, stride: int, size: Optional[int]) -> list[nn.Module]:
         return [
@@ -278,7 +313,35 @@ def _perturb_resnet(name: str, depth: int, options: ModelOptions) -> ResNet:
     """The seed's PerturbLayer ResNet of ``depth`` layers."""
     used = frozenset(ModelConfig.__dataclass_fields__) - {"dropout"}
     config = ModelConfig.from_options(name, options, used=used)
-    stem, size = stem_layer(config)
+    if config.first_layer == "authors" and config.first_filter_size != 0:
+        raise ValueError(
+            f"{name}: first_layer='authors' is the authors' first perturbation layer, so it "
+            f"needs first_filter_size=0, got first_filter_size={config.first_filter_size}"
+        )
+    if config.freeze_first and config.first_filter_size == 0:
+        raise ValueError(
+            f"{name}: freeze_first fixes the first layer's regular convolution, so it needs "
+            "first_filter_size > 0, got first_filter_size=0"
+        )
+    stem: nn.Module
+    if config.first_layer == "authors":
+        stem = AuthorsFirstLayer(
+            config.in_channels,
+            config.nfilters,
+            input_size=config.input_size,
+            level=config.level * config.scale_noise,
+            act=config.act,
+            mix_maps=config.mix_maps,
+            noise_type=config.noise_type,
+            unique_masks=config.unique_masks,
+            train_masks=config.train_masks,
+            generator=config.generator,
+            **config.factory_kwargs,
+        )
+        size = config.input_size
+    else:
+        stem, size = stem_layer(config)
+    _freeze_first(name, config, stem[0] if config.first_filter_size > 0 else stem)
     stem_modules: list[nn.Module] = [stem]
     if config.first_filter_size == 7:
         stem_modules.append(nn.MaxPool2d(3, 2, 1))

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from perturbnn import ACTIVATIONS, list_models
+from perturbnn.models import FIRST_LAYERS
 from perturbnn.functional import IMPLS
 from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
 from perturbnn.repro.cli.output import (
@@ -166,6 +167,23 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
         action=boolean,
         default=defaults.mix_maps,
         help="extra 1x1 mixing convolution in perturbation layers",
+    )
+    # The authors' updated networks (their presets set these; no main.py flag).
+    add(
+        "--first-layer",
+        type=choice(list(FIRST_LAYERS), what="first layer"),
+        metavar="NAME",
+        default=defaults.first_layer,
+        help="first perturbation layer (--first-filter-size 0, perturb_resnet*): independent "
+        "(the independent reproduction's) or authors (the authors' update: 5 x nfilters masks "
+        "per channel at 20 x the noise level, BatchNorm, sigmoid, 1x1 convolutions)",
+    )
+    add(
+        "--freeze-first",
+        action=boolean,
+        default=defaults.freeze_first,
+        help="fix the weights of the regular first convolution (--first-filter-size > 0) at "
+        "their random values, as the authors' updated noiseresnet18 does",
     )
     add(
         "--impl",
@@ -386,8 +404,9 @@ def print_run(run: PreparedRun) -> None:
     """The model, the data and the processes of a prepared run, one line each."""
     config = run.config
     echo(
-        f"model: {config.net_type} with {run.parameters:,} parameters and "
-        f"{run.mask_values:,} noise mask values, on {run.device}"
+        f"model: {config.net_type} with {run.parameters:,} trainable parameters"
+        + (f" (and {run.frozen_parameters:,} frozen)" if run.frozen_parameters else "")
+        + f" and {run.mask_values:,} noise mask values, on {run.device}"
     )
     meta = run.metadata()
     echo(f"data: {meta['train_samples']} train and {meta['test_samples']} test samples")
