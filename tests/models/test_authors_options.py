@@ -1,5 +1,5 @@
 """The two model options of the authors' updated networks: ``freeze_first`` (a fixed random
-first convolution) and ``first_layer="authors"`` (:class:`AuthorsFirstLayer`).
+first convolution) and ``first_layer_type="authors"`` (:class:`AuthorsFirstLayer`).
 
 Source: https://github.com/juefeix/pnn.pytorch.update, commit 2c1604fa, ``models.py``.
 """
@@ -48,7 +48,7 @@ def test_the_defaults_build_the_same_network(name: str, options: dict) -> None:
     torch.manual_seed(0)
     defaults = {"freeze_first": False}
     if name.startswith("perturb"):
-        defaults["first_layer"] = "independent"
+        defaults["first_layer_type"] = "independent"
     explicit = _build(name, **options, **defaults)
     _same(implicit, explicit)
     assert all(p.requires_grad for p in explicit.parameters())
@@ -98,15 +98,15 @@ def test_a_frozen_first_convolution_gets_no_gradient_and_no_optimizer_update() -
     [
         ("perturb_resnet18", {"freeze_first": True}, "freeze_first .* first_filter_size > 0"),
         ("lenet", {"freeze_first": True}, "does not use option 'freeze_first'"),
-        ("cifarnet", {"first_layer": "authors"}, "does not use option 'first_layer'"),
-        ("noiseresnet18", {"first_layer": "authors"}, "does not use option 'first_layer'"),
-        ("resnet18", {"first_layer": "authors"}, "does not use option 'first_layer'"),
+        ("cifarnet", {"first_layer_type": "authors"}, "does not use option 'first_layer_type'"),
+        ("noiseresnet18", {"first_layer_type": "authors"}, "does not use option 'first_layer_type'"),
+        ("resnet18", {"first_layer_type": "authors"}, "does not use option 'first_layer_type'"),
         (
             "perturb_resnet18",
-            {"first_layer": "authors", "first_filter_size": 3},
-            "first_layer='authors' .* first_filter_size=0, got first_filter_size=3",
+            {"first_layer_type": "authors", "first_filter_size": 3},
+            "first_layer_type='authors' .* first_filter_size=0, got first_filter_size=3",
         ),
-        ("perturb_resnet18", {"first_layer": "author"}, "first_layer"),
+        ("perturb_resnet18", {"first_layer_type": "author"}, "first_layer_type"),
     ],
 )
 def test_invalid_uses_are_value_errors(name: str, options: dict, match: str) -> None:
@@ -180,7 +180,7 @@ def test_authors_first_layer_mix_maps_uses_the_sigmoid() -> None:
 def test_perturb_resnet18_with_the_authors_first_layer() -> None:
     model = build_model(
         "perturb_resnet18", nfilters=8, input_size=32, level=0.1, scale_noise=2.0,
-        first_layer="authors",
+        first_layer_type="authors",
     )
     first = model.stem[0]
     assert isinstance(first, AuthorsFirstLayer)
@@ -193,7 +193,7 @@ def test_perturb_resnet18_with_the_authors_first_layer() -> None:
     new = 2 * 120 + (40 * 24 + 24) + 2 * 24 + 24 * 8 + 2 * 8
     old = 3 * 8 + 8 + 2 * 8
     assert count_parameters(model) - count_parameters(plain) == new - old
-    lazy = build_model("perturb_resnet18", nfilters=8, level=0.1, first_layer="authors")
+    lazy = build_model("perturb_resnet18", nfilters=8, level=0.1, first_layer_type="authors")
     assert lazy(torch.randn(2, 3, 16, 16)).shape == (2, 10)
     assert tuple(lazy.stem[0].noise.masks.shape) == (3, 40, 16, 16)
 
@@ -217,6 +217,6 @@ def test_authors_presets_build_their_networks_and_train_a_step(name: str, width:
         assert not first.weight.requires_grad and first.weight.grad is None
         assert count_parameters(model, frozen=True) == 3 * 3 * 3 * width
     else:
-        assert isinstance(first, AuthorsFirstLayer) and config.first_layer == "authors"
+        assert isinstance(first, AuthorsFirstLayer) and config.first_layer_type == "authors"
         assert first.noise.level == pytest.approx(20 * config.level)
         assert all(p.grad is not None for p in model.parameters())

@@ -344,7 +344,7 @@ def test_the_independent_reproductions_commands_parse_as_their_kebab_spelling(na
         new = new.replace(
             lr_schedule="authors",
             freeze_first=first3,
-            first_layer="independent" if first3 else "authors",
+            first_layer_type="independent" if first3 else "authors",
         )
     assert new == RunConfig.from_experiment(name, out_dir="x").replace(experiment=None)
 

@@ -101,7 +101,7 @@ AUTHORS = {
             "filter_size": 0,
             "nmasks": 1,
             "level": 0.1,
-            "first_layer": "authors",
+            "first_layer_type": "authors",
         },
         20,
         "--nfilters 256 --batch-size 20 --learning-rate 1e-4 --first_filter_size 0 "

@@ -3,7 +3,7 @@
 Source: the seed's ``--net-type`` choices.
 """
 
-from perturbnn.models._config import FIRST_LAYERS, POOL_TYPES, ModelConfig, ModelOptions
+from perturbnn.models._config import FIRST_LAYER_TYPES, POOL_TYPES, ModelConfig, ModelOptions
 from perturbnn.models._plain import PlainNet
 from perturbnn.models._registry import build_model, list_models, register_model
 from perturbnn.models.blocks import AuthorsFirstLayer, BasicBlock, NoiseLayer, PerturbBottleneck
@@ -23,7 +23,7 @@ from perturbnn.models.resnet import (
 )
 
 __all__ = [
-    "FIRST_LAYERS",
+    "FIRST_LAYER_TYPES",
     "POOL_TYPES",
     "AuthorsFirstLayer",
     "BasicBlock",

@@ -23,14 +23,14 @@ from perturbnn.activations import ACTIVATIONS
 from perturbnn.functional import IMPLS
 from perturbnn.layers import NOISE_TYPES
 
-__all__ = ["FIRST_LAYERS", "POOL_TYPES", "ModelConfig", "ModelOptions"]
+__all__ = ["FIRST_LAYER_TYPES", "POOL_TYPES", "ModelConfig", "ModelOptions"]
 
 #: Valid ``pool_type`` names.
 POOL_TYPES = ("max", "avg")
 
-#: Valid ``first_layer`` names: the first perturbation layer of the independent reproduction
+#: Valid ``first_layer_type`` names: the first perturbation layer of the independent reproduction
 #: (the default) or of the authors' updated repository (:class:`~perturbnn.models.AuthorsFirstLayer`).
-FIRST_LAYERS = ("independent", "authors")
+FIRST_LAYER_TYPES = ("independent", "authors")
 
 
 class ModelOptions(TypedDict, total=False):
@@ -52,7 +52,7 @@ class ModelOptions(TypedDict, total=False):
     train_masks: bool
     noise_type: str
     mix_maps: bool
-    first_layer: str
+    first_layer_type: str
     freeze_first: bool
     impl: str
     input_size: Optional[int]
@@ -81,7 +81,7 @@ class ModelConfig:
         pool_type: ``"max"`` or ``"avg"``.
         dropout: dropout probability before the classifier (``lenet``, ``cifarnet``).
         unique_masks, train_masks, noise_type, mix_maps: as in :class:`~perturbnn.PerturbLayer`.
-        first_layer: which first perturbation layer (``first_filter_size=0``) the PerturbLayer
+        first_layer_type: which first perturbation layer (``first_filter_size=0``) the PerturbLayer
             ResNets build: ``"independent"`` (the default: the independent reproduction's
             :class:`~perturbnn.PerturbLayer`) or ``"authors"`` (the wider
             :class:`~perturbnn.models.AuthorsFirstLayer` of the authors' updated repository,
@@ -121,7 +121,7 @@ class ModelConfig:
     train_masks: bool = False
     noise_type: str = "uniform"
     mix_maps: bool = False
-    first_layer: str = "independent"
+    first_layer_type: str = "independent"
     freeze_first: bool = False
     impl: str = "auto"
     input_size: Optional[int] = None
@@ -153,7 +153,7 @@ class ModelConfig:
         check_choice("pool_type", self.pool_type, POOL_TYPES)
         check_choice("noise_type", self.noise_type, NOISE_TYPES)
         check_choice("impl", self.impl, IMPLS)
-        check_choice("first_layer", self.first_layer, FIRST_LAYERS)
+        check_choice("first_layer_type", self.first_layer_type, FIRST_LAYER_TYPES)
         for name in ("use_act", "unique_masks", "train_masks", "mix_maps", "freeze_first"):
             check_bool(name, getattr(self, name))
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):

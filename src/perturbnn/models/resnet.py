@@ -313,9 +313,9 @@ def _perturb_resnet(name: str, depth: int, options: ModelOptions) -> ResNet:
     """The seed's PerturbLayer ResNet of ``depth`` layers."""
     used = frozenset(ModelConfig.__dataclass_fields__) - {"dropout"}
     config = ModelConfig.from_options(name, options, used=used)
-    if config.first_layer == "authors" and config.first_filter_size != 0:
+    if config.first_layer_type == "authors" and config.first_filter_size != 0:
         raise ValueError(
-            f"{name}: first_layer='authors' is the authors' first perturbation layer, so it "
+            f"{name}: first_layer_type='authors' is the authors' first perturbation layer, so it "
             f"needs first_filter_size=0, got first_filter_size={config.first_filter_size}"
         )
     if config.freeze_first and config.first_filter_size == 0:
@@ -324,7 +324,7 @@ def _perturb_resnet(name: str, depth: int, options: ModelOptions) -> ResNet:
             "first_filter_size > 0, got first_filter_size=0"
         )
     stem: nn.Module
-    if config.first_layer == "authors":
+    if config.first_layer_type == "authors":
         stem = AuthorsFirstLayer(
             config.in_channels,
             config.nfilters,

@@ -16,7 +16,7 @@ except the noise ``level``, which every preset states explicitly.
   (Juefei-Xu et al.) published in answer to it, in https://github.com/juefeix/pnn.pytorch.update
   (see :data:`AUTHORS_RECIPE` for what was found there and how it is modelled: the recipe,
   and the update's two network changes as the model options ``freeze_first`` and
-  ``first_layer``).
+  ``first_layer_type``).
 
 Source: Juefei-Xu, Boddeti and Savvides, "Perturbative Neural Networks", CVPR 2018; the two
 repositories above.
@@ -99,8 +99,8 @@ AUTHORS_RECIPE: tuple[str, ...] = (
     "options that the two presets set: the updated noiseresnet18 freezes the weights of its "
     "3x3 first convolution, a fixed random first layer (freeze_first=True, --freeze-first; "
     "its BatchNorm stays trainable); the updated perturb_resnet18 replaces the first "
-    "perturbation layer (first_filter_size 0) by a wider one (first_layer='authors', "
-    "--first-layer authors): 5 x nfilters masks per input channel (unique per channel, the "
+    "perturbation layer (first_filter_size 0) by a wider one (first_layer_type='authors', "
+    "--first-layer-type authors): 5 x nfilters masks per input channel (unique per channel, the "
     "main.py default) at 20 x the noise level, BatchNorm and a sigmoid, a 1x1 convolution "
     "grouped by input channel to 3 x nfilters maps, BatchNorm and a sigmoid, then a 1x1 "
     "convolution back to nfilters, BatchNorm and ReLU.",
@@ -350,7 +350,7 @@ _AUTHORS_PRESETS: tuple[Experiment, ...] = (
         "The authors' updated recipe with noise masks in every layer, the first one included "
         "(fanout 1, 256 filters, batch 20). The authors report 85.92%. Same options as "
         "'pnn-all-layers' (72.6% with the independent reproduction's recipe) at twice the "
-        "width, with the authors' wider first perturbation layer (first_layer='authors': "
+        "width, with the authors' wider first perturbation layer (first_layer_type='authors': "
         "5 x nfilters masks per channel at 20 x the noise level, BatchNorm, sigmoid and 1x1 "
         "convolutions back to nfilters).",
         "perturb_resnet18",
@@ -362,7 +362,7 @@ _AUTHORS_PRESETS: tuple[Experiment, ...] = (
             "first_filter_size": 0,
             "filter_size": 0,
             "nmasks": 1,
-            "first_layer": "authors",
+            "first_layer_type": "authors",
         },
         20,
     ),

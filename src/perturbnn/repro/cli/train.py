@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from perturbnn import ACTIVATIONS, list_models
-from perturbnn.models import FIRST_LAYERS
 from perturbnn.functional import IMPLS
+from perturbnn.models import FIRST_LAYER_TYPES
 from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
 from perturbnn.repro.cli.output import (
     Parser,
@@ -170,10 +170,10 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
     )
     # The authors' updated networks (their presets set these; no main.py flag).
     add(
-        "--first-layer",
-        type=choice(list(FIRST_LAYERS), what="first layer"),
+        "--first-layer-type",
+        type=choice(list(FIRST_LAYER_TYPES), what="first layer type"),
         metavar="NAME",
-        default=defaults.first_layer,
+        default=defaults.first_layer_type,
         help="first perturbation layer (--first-filter-size 0, perturb_resnet*): independent "
         "(the independent reproduction's) or authors (the authors' update: 5 x nfilters masks "
         "per channel at 20 x the noise level, BatchNorm, sigmoid, 1x1 convolutions)",
