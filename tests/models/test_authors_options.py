@@ -220,3 +220,34 @@ def test_authors_presets_build_their_networks_and_train_a_step(name: str, width:
         assert isinstance(first, AuthorsFirstLayer) and config.first_layer_type == "authors"
         assert first.noise.level == pytest.approx(20 * config.level)
         assert all(p.grad is not None for p in model.parameters())
+
+
+# docs/models.md's table (10 classes, 32x32): parameters, frozen parameters, mask values.
+SOURCE_SCALE = [
+    ("noiseresnet18", {"nfilters": 128, "first_filter_size": 3}, 5_624_714, 0, 1_097_728),
+    (
+        "noiseresnet18",
+        {"nfilters": 128, "first_filter_size": 3, "freeze_first": True},
+        5_621_258,
+        3_456,
+        1_097_728,
+    ),
+    ("perturb_resnet18", {"nfilters": 256, "nmasks": 1}, 22_357_514, 0, 2_198_528),
+    (
+        "perturb_resnet18",
+        {"nfilters": 256, "nmasks": 1, "first_layer_type": "authors"},
+        23_546_122,
+        0,
+        6_127_616,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "parameters", "frozen", "masks"), SOURCE_SCALE)
+def test_source_scale_counts(
+    name: str, options: dict, parameters: int, frozen: int, masks: int
+) -> None:
+    model = build_model(name, device="meta", input_size=32, level=0.1, **options)
+    assert count_parameters(model) == parameters
+    assert count_parameters(model, frozen=True) == frozen
+    assert count_mask_values(model) == masks

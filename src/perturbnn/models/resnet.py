@@ -19,18 +19,14 @@ from perturbnn.layers import NoiseMask, PerturbLayer
 from perturbnn.models._common import (
     check_first_input_size,
     check_model_input,
+    freeze_first_conv,
     make_pool,
+    regular_stem,
     stem_layer,
 )
 from perturbnn.models._config import ModelConfig, ModelOptions
 from perturbnn.models._registry import register_model
-from perturbnn.models.blocks import (
-    EXPANSION,
-    AuthorsFirstLayer,
-    BasicBlock,
-    NoiseLayer,
-    PerturbBottleneck,
-)
+from perturbnn.models.blocks import EXPANSION, BasicBlock, NoiseLayer, PerturbBottleneck
 
 __all__ = [
     "ResNet",
@@ -152,35 +148,8 @@ def _check_pooled_size(name: str, config: ModelConfig, stage_input: Optional[int
 
 
 _NOISE_OPTIONS = frozenset(
-    {
-        "level",
-        "act",
-        "pool_type",
-        "unique_masks",
-        "train_masks",
-        "noise_type",
-        "first_filter_size",
-        "freeze_first",
-    }
-)
-
-
-def _freeze_first(name: str, config: ModelConfig, conv: nn.Module) -> None:
-    """With ``freeze_first``, fix the weights of the first convolution ``conv`` in place.
-
-    The weight stays an ``nn.Parameter`` (same ``state_dict`` key, saved and restored with the
-    model) with ``requires_grad=False``: no gradient reaches it, an optimizer over the
-    parameters with ``requires_grad`` leaves it out, and :func:`perturbnn.count_parameters`
-    does not count it. A bias and the BatchNorm after it stay trainable.
-    """
-    if not config.freeze_first:
-        return
-    if not isinstance(conv, nn.Conv2d):
-        raise ValueError(
-            f"{name}: freeze_first fixes the first layer's regular convolution, so it needs "
-            f"first_filter_size > 0, got first_filter_size={config.first_filter_size}"
-        )
-    conv.weight.requires_grad_(False)
+    {"level", "act", "pool_type", "unique_masks", "train_masks", "noise_type", "first_filter_size"}
+) | {"freeze_first"}
 
 
 @register_model
@@ -231,38 +200,8 @@ def resnet18(**options: Unpack[ModelOptions]) -> ResNet:
         nn.BatchNorm2d(config.nfilters, **fk),
         nn.ReLU(),
     )
-    _freeze_first("resnet18", config, stem[0])
+    freeze_first_conv(config, stem)
     return ResNet(stem, _stages(config, config.input_size, body), 8 * config.nfilters, config)
-
-
-def _regular_stem(name: str, config: ModelConfig) -> tuple[nn.Sequential, Optional[int]]:
-    """The original's regular first layer: 7x7 stride 2 + 3x3 max pooling, or 3x3."""
-    if config.first_filter_size not in (3, 7):
-        raise ValueError(
-            f"{name}'s first layer is a regular convolution: first_filter_size must be 3 or "
-            f"7, got {config.first_filter_size} (use perturb_resnet18 for noise in the first layer)"
-        )
-    fk = config.factory_kwargs
-    k = config.first_filter_size
-    stem_modules: list[nn.Module] = [
-        nn.Conv2d(
-            config.in_channels,
-            config.nfilters,
-            k,
-            stride=2 if k == 7 else 1,
-            padding=k // 2,
-            bias=False,
-            **fk,
-        ),
-        nn.BatchNorm2d(config.nfilters, **fk),
-        nn.ReLU(),
-    ]
-    size = config.input_size
-    if k == 7:
-        stem_modules.append(nn.MaxPool2d(3, 2, 1))
-        size = _pooled(_pooled(size, 2), 2)
-    _check_pooled_size(name, config, size)
-    return nn.Sequential(*stem_modules), size
 
 
 def _noiseresnet(name: str, depth: int, options: ModelOptions) -> ResNet:
@@ -271,8 +210,8 @@ def _noiseresnet(name: str, depth: int, options: ModelOptions) -> ResNet:
         name, options, used=_NOISE_OPTIONS, defaults={"first_filter_size": 7}
     )
     fk = config.factory_kwargs
-    stem, size = _regular_stem(name, config)
-    _freeze_first(name, config, stem[0])
+    stem, size = regular_stem(name, config)
+    _check_pooled_size(name, config, size)
 
     def noise_stage(channels: int, stride: int, size: Optional[int]) -> list[nn.Module]:
         return [
@@ -313,35 +252,7 @@ def _perturb_resnet(name: str, depth: int, options: ModelOptions) -> ResNet:
     """The seed's PerturbLayer ResNet of ``depth`` layers."""
     used = frozenset(ModelConfig.__dataclass_fields__) - {"dropout"}
     config = ModelConfig.from_options(name, options, used=used)
-    if config.first_layer_type == "authors" and config.first_filter_size != 0:
-        raise ValueError(
-            f"{name}: first_layer_type='authors' is the authors' first perturbation layer, so it "
-            f"needs first_filter_size=0, got first_filter_size={config.first_filter_size}"
-        )
-    if config.freeze_first and config.first_filter_size == 0:
-        raise ValueError(
-            f"{name}: freeze_first fixes the first layer's regular convolution, so it needs "
-            "first_filter_size > 0, got first_filter_size=0"
-        )
-    stem: nn.Module
-    if config.first_layer_type == "authors":
-        stem = AuthorsFirstLayer(
-            config.in_channels,
-            config.nfilters,
-            input_size=config.input_size,
-            level=config.level * config.scale_noise,
-            act=config.act,
-            mix_maps=config.mix_maps,
-            noise_type=config.noise_type,
-            unique_masks=config.unique_masks,
-            train_masks=config.train_masks,
-            generator=config.generator,
-            **config.factory_kwargs,
-        )
-        size = config.input_size
-    else:
-        stem, size = stem_layer(config)
-    _freeze_first(name, config, stem[0] if config.first_filter_size > 0 else stem)
+    stem, size = stem_layer(config, name)
     stem_modules: list[nn.Module] = [stem]
     if config.first_filter_size == 7:
         stem_modules.append(nn.MaxPool2d(3, 2, 1))

@@ -168,7 +168,6 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
         default=defaults.mix_maps,
         help="extra 1x1 mixing convolution in perturbation layers",
     )
-    # The authors' updated networks (their presets set these; no main.py flag).
     add(
         "--first-layer-type",
         type=choice(list(FIRST_LAYER_TYPES), what="first layer type"),
