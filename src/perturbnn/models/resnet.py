@@ -168,7 +168,8 @@ def resnet18(**options: Unpack[ModelOptions]) -> ResNet:
 
     Args:
         **options: ``nfilters``, ``num_classes`` (alias ``nclasses``), ``input_size``,
-            ``in_channels``, ``device``, ``dtype``; ``impl`` is accepted and ignored (no perturbation layers); the noise
+            ``in_channels``, ``freeze_first`` (fix the 3x3 stem convolution's weight, see
+            :class:`~perturbnn.models.ModelConfig`), ``device``, ``dtype``; ``impl`` is accepted and ignored (no perturbation layers); the noise
             options are unused and must keep their defaults.
 
     Returns:
@@ -322,6 +323,8 @@ def noiseresnet18(**options: Unpack[ModelOptions]) -> ResNet:
     Args:
         **options: ``nfilters``, ``num_classes`` (alias ``nclasses``), ``level``, ``first_filter_size`` (7 or 3),
             ``act``, ``pool_type``, ``unique_masks``, ``train_masks``, ``noise_type``,
+            ``freeze_first`` (the first convolution's weight fixed at its random values, as in
+            the authors' updated repository, commit 2c1604fa),
             ``input_size`` (``None``: lazy masks, any size), ``in_channels``, ``generator``,
             ``device``, ``dtype``; ``impl`` is accepted and ignored (its noise layers have no
             fast path).
@@ -416,9 +419,14 @@ def perturb_resnet18(**options: Unpack[ModelOptions]) -> ResNet:
     ``level * scale_noise``; 7 adds 3x3 max pooling). Each block: two :class:`PerturbLayer` s with
     ``filter_size`` (the activation between noise and 1x1 convolution always on), pooling by the
     stride between them; shortcut 1x1 convolutions without bias. ``filter_size=1`` gives the
-    seed's no-noise 1x1 network, ``filter_size=0`` the PNN.
+    seed's no-noise 1x1 network, ``filter_size=0`` the PNN. ``first_layer_type="authors"``
+    (with ``first_filter_size=0``) makes the stem the wider
+    :class:`~perturbnn.models.AuthorsFirstLayer` of the authors' updated repository;
+    ``freeze_first`` (with ``first_filter_size > 0``) fixes the stem convolution's weight.
 
-    Source: the seed reproduction's ``perturb_resnet18``; seed experiments 4 to 8.
+    Source: the seed reproduction's ``perturb_resnet18``; seed experiments 4 to 8; the authors'
+    updated ``perturb_resnet18`` (https://github.com/juefeix/pnn.pytorch.update, commit
+    2c1604fa) for ``first_layer_type="authors"``.
 
     Args:
         **options: every option of :class:`~perturbnn.models.ModelConfig` except ``dropout``;
