@@ -220,3 +220,21 @@ def test_any_unknown_name_is_a_value_error(name: str) -> None:
 def test_experiment_validates_accuracy_as_fraction() -> None:
     with pytest.raises(ValueError, match=r"got 91\.8"):
         Experiment("x", "d", "resnet18", "cmd", 91.8)
+
+
+def test_runs_saved_before_the_authors_network_options_are_other_runs_for_the_authors() -> None:
+    """A summary written before ``first_layer_type``/``freeze_first`` existed ran the
+    defaults: still the same run for the independent reproduction's presets, another run for
+    the authors' two (whose networks changed), named by the option."""
+    from perturbnn.repro.cli.reproduce import _differences, _experiment_fields, _plain
+
+    for name in ("baseline", "pnn-all-layers", "authors-first3", "authors-all-layers"):
+        config = _plain(RunConfig.from_experiment(name, nfilters=8, out_dir="x"))
+        old = {k: v for k, v in config.items() if k not in ("first_layer_type", "freeze_first")}
+        differences = _differences(_experiment_fields(old), _experiment_fields(config))
+        if name == "authors-first3":
+            assert differences == ["freeze_first: False there, True here"]
+        elif name == "authors-all-layers":
+            assert differences == ["first_layer_type: 'independent' there, 'authors' here"]
+        else:
+            assert differences == []
