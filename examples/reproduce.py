@@ -10,7 +10,7 @@ An interrupted run continues where it stopped when the same command is run again
 Examples (from the repository root; the data is found in ``$PERTURBNN_DATA_DIR`` or
 ``../shared/data`` without a flag)::
 
-    python examples/reproduce.py                     # --scale cpu: about 39 minutes on 2 cores
+    python examples/reproduce.py                     # --scale cpu: about 46 minutes on 2 cores
     python examples/reproduce.py --estimate
     python examples/reproduce.py --report-only --out-dir runs/reproduce
     python examples/reproduce.py --scale full --out-dir runs/full \\

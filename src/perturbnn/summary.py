@@ -18,15 +18,18 @@ def _mask_ids(model: nn.Module) -> set[int]:
     return {id(m.masks) for m in model.modules() if isinstance(m, NoiseMask)}
 
 
-def count_parameters(model: nn.Module) -> int:
+def count_parameters(model: nn.Module, *, frozen: bool = False) -> int:
     """Number of trainable parameter values, excluding noise masks (even trainable ones).
 
     Args:
         model: any ``nn.Module``.
+        frozen: count the frozen parameters instead: those with ``requires_grad=False``
+            (e.g. the first convolution of a network built with ``freeze_first=True``), noise
+            masks still excluded. Default: ``False``.
 
     Returns:
-        The sum of ``numel()`` over parameters with ``requires_grad`` that are not
-        :class:`~perturbnn.NoiseMask` masks.
+        The sum of ``numel()`` over parameters with ``requires_grad`` (without, if
+        ``frozen``) that are not :class:`~perturbnn.NoiseMask` masks.
 
     Raises:
         ValueError: if a counted parameter is still uninitialized (a lazy module, such as the
@@ -37,9 +40,15 @@ def count_parameters(model: nn.Module) -> int:
 
         >>> count_parameters(nn.Linear(3, 2))
         8
+        >>> count_parameters(nn.Linear(3, 2).requires_grad_(False), frozen=True)
+        8
     """
     masks = _mask_ids(model)
-    counted = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in masks]
+    counted = [
+        (n, p)
+        for n, p in model.named_parameters()
+        if p.requires_grad != frozen and id(p) not in masks
+    ]
     lazy = [name for name, p in counted if is_lazy(p)]
     if lazy:
         raise ValueError(

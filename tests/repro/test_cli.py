@@ -332,8 +332,8 @@ def _kebab(arg: str) -> str:
 def test_the_independent_reproductions_commands_parse_as_their_kebab_spelling(name: str) -> None:
     """Each preset's main.py command (the independent reproduction's eight, the authors' two)
     runs unchanged, to the same configuration as the kebab-case spelling, and that
-    configuration is the preset's (the authors' with their schedule, which their main.py
-    applies without a flag)."""
+    configuration is the preset's (the authors' with their schedule and their network changes,
+    which their main.py and models.py apply without a flag)."""
     argv = shlex.split(EXPERIMENTS[name].seed_command)[2:]  # after "python main.py"
     kebab = [_kebab(arg) for arg in argv]
     assert not any("_" in arg for arg in kebab if arg.startswith("--"))
@@ -345,7 +345,12 @@ def test_the_independent_reproductions_commands_parse_as_their_kebab_spelling(na
     new = train_cli.resolve_config([*kebab, "--out-dir", "x"])
     assert old == new
     if EXPERIMENTS[name].source == "authors":
-        new = new.replace(lr_schedule="authors")
+        first3 = name == "authors-first3"
+        new = new.replace(
+            lr_schedule="authors",
+            freeze_first=first3,
+            first_layer_type="independent" if first3 else "authors",
+        )
     assert new == RunConfig.from_experiment(name, out_dir="x").replace(experiment=None)
 
 

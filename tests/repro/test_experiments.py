@@ -81,12 +81,13 @@ def test_preset_values(name: str, config: dict, train: dict) -> None:
 
 
 # The authors' updated recipe (juefeix/pnn.pytorch.update): README commands quoted in its
-# issues 2 and 3 and its expr_commands.txt; figures 90.35% and 85.92%.
+# issues 2 and 3 and its expr_commands.txt; figures 90.35% and 85.92%; the network changes of
+# its models.py (commit 2c1604fa): a frozen first convolution, a wider first perturbation layer.
 AUTHORS = {
     "authors-first3": (
         "noiseresnet18",
         0.9035,
-        {"nfilters": 128, "first_filter_size": 3, "level": 0.1},
+        {"nfilters": 128, "first_filter_size": 3, "level": 0.1, "freeze_first": True},
         10,
         "--nfilters 128 --batch-size 10 --learning-rate 1e-4 --first_filter_size 3 --level 0.1 "
         "--optim-method Adam --nepochs 450",
@@ -94,7 +95,14 @@ AUTHORS = {
     "authors-all-layers": (
         "perturb_resnet18",
         0.8592,
-        {"nfilters": 256, "first_filter_size": 0, "filter_size": 0, "nmasks": 1, "level": 0.1},
+        {
+            "nfilters": 256,
+            "first_filter_size": 0,
+            "filter_size": 0,
+            "nmasks": 1,
+            "level": 0.1,
+            "first_layer_type": "authors",
+        },
         20,
         "--nfilters 256 --batch-size 20 --learning-rate 1e-4 --first_filter_size 0 "
         "--filter_size 0 --nmasks 1 --level 0.1 --optim-method Adam --nepochs 450",
@@ -212,3 +220,21 @@ def test_any_unknown_name_is_a_value_error(name: str) -> None:
 def test_experiment_validates_accuracy_as_fraction() -> None:
     with pytest.raises(ValueError, match=r"got 91\.8"):
         Experiment("x", "d", "resnet18", "cmd", 91.8)
+
+
+def test_runs_saved_before_the_authors_network_options_are_other_runs_for_the_authors() -> None:
+    """A summary written before ``first_layer_type``/``freeze_first`` existed ran the
+    defaults: still the same run for the independent reproduction's presets, another run for
+    the authors' two (whose networks changed), named by the option."""
+    from perturbnn.repro.cli.reproduce import _differences, _experiment_fields, _plain
+
+    for name in ("baseline", "pnn-all-layers", "authors-first3", "authors-all-layers"):
+        config = _plain(RunConfig.from_experiment(name, nfilters=8, out_dir="x"))
+        old = {k: v for k, v in config.items() if k not in ("first_layer_type", "freeze_first")}
+        differences = _differences(_experiment_fields(old), _experiment_fields(config))
+        if name == "authors-first3":
+            assert differences == ["freeze_first: False there, True here"]
+        elif name == "authors-all-layers":
+            assert differences == ["first_layer_type: 'independent' there, 'authors' here"]
+        else:
+            assert differences == []

@@ -468,7 +468,9 @@ def test_cpu_scale_widths_follow_the_presets(script: ModuleType) -> None:
     assert (full.nepochs, full.train_subset, full.test_subset) == (150, None, None)
     assert set(scales.CPU_COSTS) == set(list_experiments())
     total = sum(scales.predict_seconds(name, cpu) for name in list_experiments())
-    assert 35 * 60 < 3 * total < 45 * 60  # sized for about 39 minutes for three seeds
+    # Sized for about 46 minutes for three seeds (39 before the authors' all-layers preset got
+    # the authors' wider first layer, about 3.5 times costlier).
+    assert 40 * 60 < 3 * total < 50 * 60
     eight = sum(scales.predict_seconds(name, cpu) for name in presets_of("independent"))
     assert 30 * 60 < 3 * eight < 40 * 60  # the independent reproduction's eight: 35 minutes
     assert scales.predict_seconds("baseline", full) is None  # no costs measured on a GPU

@@ -3,10 +3,10 @@
 Source: Klachko's ``--net-type`` choices.
 """
 
-from perturbnn.models._config import POOL_TYPES, ModelConfig, ModelOptions
+from perturbnn.models._config import FIRST_LAYER_TYPES, POOL_TYPES, ModelConfig, ModelOptions
 from perturbnn.models._plain import PlainNet
 from perturbnn.models._registry import build_model, list_models, register_model
-from perturbnn.models.blocks import BasicBlock, NoiseLayer, PerturbBottleneck
+from perturbnn.models.blocks import AuthorsFirstLayer, BasicBlock, NoiseLayer, PerturbBottleneck
 from perturbnn.models.cifarnet import cifarnet
 from perturbnn.models.lenet import lenet
 from perturbnn.models.resnet import (
@@ -23,7 +23,9 @@ from perturbnn.models.resnet import (
 )
 
 __all__ = [
+    "FIRST_LAYER_TYPES",
     "POOL_TYPES",
+    "AuthorsFirstLayer",
     "BasicBlock",
     "ModelConfig",
     "ModelOptions",

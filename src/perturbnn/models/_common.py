@@ -9,8 +9,16 @@ from torch import Tensor, nn
 from perturbnn._validation import check_batch
 from perturbnn.layers import PerturbLayer, conv_output_size
 from perturbnn.models._config import ModelConfig
+from perturbnn.models.blocks import AuthorsFirstLayer
 
-__all__ = ["check_first_input_size", "check_model_input", "make_pool", "stem_layer"]
+__all__ = [
+    "check_first_input_size",
+    "check_model_input",
+    "freeze_first_conv",
+    "make_pool",
+    "regular_stem",
+    "stem_layer",
+]
 
 _POOLS: dict[str, type[nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
@@ -29,12 +37,101 @@ def make_pool(
     return _POOLS[pool_type](kernel_size, stride, padding, ceil_mode=ceil_mode)
 
 
-def stem_layer(config: ModelConfig) -> tuple[PerturbLayer, Optional[int]]:
-    """The first layer of Klachko's networks, and the spatial size it outputs.
+def freeze_first_conv(config: ModelConfig, stem: nn.Sequential) -> None:
+    """With ``config.freeze_first``, fix the weight of the stem's first module, a convolution.
+
+    The weight stays an ``nn.Parameter`` (same ``state_dict`` key, saved and restored with the
+    model) with ``requires_grad=False``: no gradient reaches it, an optimizer over the
+    parameters with ``requires_grad`` leaves it out, and :func:`perturbnn.count_parameters`
+    does not count it. Its initial values are those of an unfrozen network (nothing is drawn).
+    A bias and the BatchNorm after it stay trainable.
+
+    Source: the authors' updated ``noiseresnet18`` (https://github.com/juefeix/pnn.pytorch.update,
+    commit 2c1604fa, ``models.py``: ``requires_grad = False`` on its first convolution's weight).
+    """
+    if config.freeze_first:
+        conv = stem[0]
+        assert isinstance(conv, nn.Conv2d)  # stem_layer refuses freeze_first on other stems
+        conv.weight.requires_grad_(False)
+
+
+def regular_stem(name: str, config: ModelConfig) -> tuple[nn.Sequential, Optional[int]]:
+    """The original's regular first layer and the size it outputs: a 7x7 stride-2 convolution
+    + BatchNorm + ReLU + 3x3 stride-2 max pooling, or 3x3 stride 1 + BatchNorm + ReLU; with
+    ``freeze_first``, the convolution's weight fixed (:func:`freeze_first_conv`).
+
+    Raises:
+        ValueError: naming the builder ``name``, if ``first_filter_size`` is not 3 or 7.
+    """
+    if config.first_filter_size not in (3, 7):
+        raise ValueError(
+            f"{name}'s first layer is a regular convolution: first_filter_size must be 3 or "
+            f"7, got {config.first_filter_size} (use perturb_resnet18 for noise in the first layer)"
+        )
+    fk = config.factory_kwargs
+    k = config.first_filter_size
+    stem_modules: list[nn.Module] = [
+        nn.Conv2d(
+            config.in_channels,
+            config.nfilters,
+            k,
+            stride=2 if k == 7 else 1,
+            padding=k // 2,
+            bias=False,
+            **fk,
+        ),
+        nn.BatchNorm2d(config.nfilters, **fk),
+        nn.ReLU(),
+    ]
+    size = config.input_size
+    if k == 7:
+        stem_modules.append(nn.MaxPool2d(3, 2, 1))
+        # The convolution, then the pooling, each halve the size (rounding up).
+        size = None if size is None else conv_output_size(conv_output_size(size, 7), 7)
+    stem = nn.Sequential(*stem_modules)
+    freeze_first_conv(config, stem)
+    return stem, size
+
+
+def stem_layer(config: ModelConfig, name: str) -> tuple[nn.Sequential, Optional[int]]:
+    """The first layer of the PerturbLayer networks, and the spatial size it outputs.
 
     A :class:`PerturbLayer` with ``first_filter_size``, noise ``level * scale_noise`` and the
-    activation inside only if ``use_act`` (Klachko's: ``--use_act`` applies to the first layer).
+    activation inside only if ``use_act`` (Klachko's: ``--use_act`` applies to the first layer);
+    with ``first_layer_type="authors"``, the authors' :class:`~perturbnn.models.AuthorsFirstLayer`
+    instead; with ``freeze_first``, its convolution's weight fixed (:func:`freeze_first_conv`).
+
+    Raises:
+        ValueError: naming the builder ``name``, on ``first_layer_type="authors"`` with
+            ``first_filter_size`` other than 0, on ``freeze_first`` with ``first_filter_size=0``
+            (no regular convolution to freeze), or on fanout with ``nfilters`` not a multiple
+            of ``in_channels``.
     """
+    if config.first_layer_type == "authors" and config.first_filter_size != 0:
+        raise ValueError(
+            f"{name}: first_layer_type='authors' is the authors' first perturbation layer, so "
+            f"it needs first_filter_size=0, got first_filter_size={config.first_filter_size}"
+        )
+    if config.freeze_first and config.first_filter_size == 0:
+        raise ValueError(
+            f"{name}: freeze_first fixes the first layer's regular convolution, so it needs "
+            "first_filter_size > 0, got first_filter_size=0"
+        )
+    if config.first_layer_type == "authors":
+        authors = AuthorsFirstLayer(
+            config.in_channels,
+            config.nfilters,
+            input_size=config.input_size,
+            level=config.level * config.scale_noise,
+            act=config.act,
+            mix_maps=config.mix_maps,
+            noise_type=config.noise_type,
+            unique_masks=config.unique_masks,
+            train_masks=config.train_masks,
+            generator=config.generator,
+            **config.factory_kwargs,
+        )
+        return authors, config.input_size
     if (
         config.first_filter_size == 0
         and config.nmasks > 1
@@ -62,6 +159,7 @@ def stem_layer(config: ModelConfig) -> tuple[PerturbLayer, Optional[int]]:
         generator=config.generator,
         **config.factory_kwargs,
     )
+    freeze_first_conv(config, layer)
     if config.input_size is None:
         return layer, None
     return layer, conv_output_size(config.input_size, config.first_filter_size)

@@ -23,10 +23,14 @@ from perturbnn.activations import ACTIVATIONS
 from perturbnn.functional import IMPLS
 from perturbnn.layers import NOISE_TYPES
 
-__all__ = ["POOL_TYPES", "ModelConfig", "ModelOptions"]
+__all__ = ["FIRST_LAYER_TYPES", "POOL_TYPES", "ModelConfig", "ModelOptions"]
 
 #: Valid ``pool_type`` names.
 POOL_TYPES = ("max", "avg")
+
+#: Valid ``first_layer_type`` names: the first perturbation layer of the independent reproduction
+#: (the default) or of the authors' updated repository (:class:`~perturbnn.models.AuthorsFirstLayer`).
+FIRST_LAYER_TYPES = ("independent", "authors")
 
 
 class ModelOptions(TypedDict, total=False):
@@ -48,6 +52,8 @@ class ModelOptions(TypedDict, total=False):
     train_masks: bool
     noise_type: str
     mix_maps: bool
+    first_layer_type: str
+    freeze_first: bool
     impl: str
     input_size: Optional[int]
     in_channels: int
@@ -75,6 +81,16 @@ class ModelConfig:
         pool_type: ``"max"`` or ``"avg"``.
         dropout: dropout probability before the classifier (``lenet``, ``cifarnet``).
         unique_masks, train_masks, noise_type, mix_maps: as in :class:`~perturbnn.PerturbLayer`.
+        first_layer_type: which first perturbation layer (``first_filter_size=0``) the PerturbLayer
+            ResNets build: ``"independent"`` (the default: the independent reproduction's
+            :class:`~perturbnn.PerturbLayer`) or ``"authors"`` (the wider
+            :class:`~perturbnn.models.AuthorsFirstLayer` of the authors' updated repository,
+            https://github.com/juefeix/pnn.pytorch.update, commit 2c1604fa). Only the
+            ``perturb_resnet`` builders use it.
+        freeze_first: fix the weights of the first (regular) convolution at their random
+            initial values (``requires_grad=False``; its BatchNorm stays trainable), as the
+            authors' updated ``noiseresnet18`` does. Default ``False``. Only the ResNet builders
+            use it, and only with a regular first convolution (``first_filter_size > 0``).
         impl: how perturbation layers are computed: ``"auto"`` (default), ``"grouped"``,
             ``"eager"`` or ``"compiled"`` (see :class:`~perturbnn.PerturbConv2d`). It does not
             change the network, so every builder accepts it (those without perturbation layers
@@ -105,6 +121,8 @@ class ModelConfig:
     train_masks: bool = False
     noise_type: str = "uniform"
     mix_maps: bool = False
+    first_layer_type: str = "independent"
+    freeze_first: bool = False
     impl: str = "auto"
     input_size: Optional[int] = None
     in_channels: int = 3
@@ -135,7 +153,8 @@ class ModelConfig:
         check_choice("pool_type", self.pool_type, POOL_TYPES)
         check_choice("noise_type", self.noise_type, NOISE_TYPES)
         check_choice("impl", self.impl, IMPLS)
-        for name in ("use_act", "unique_masks", "train_masks", "mix_maps"):
+        check_choice("first_layer_type", self.first_layer_type, FIRST_LAYER_TYPES)
+        for name in ("use_act", "unique_masks", "train_masks", "mix_maps", "freeze_first"):
             check_bool(name, getattr(self, name))
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
             raise TypeError(f"dropout must be a float in [0, 1), got {self.dropout!r}")

@@ -132,7 +132,7 @@ def build_plain_net(
         ValueError: if the input is smaller than 8 pixels after the stem, or a layer's channels
             are not a multiple of its input channels under fanout.
     """
-    stem, size = stem_layer(config)
+    stem, size = stem_layer(config, name)
     if size is not None and size < 8:
         raise ValueError(
             f"{name} pools its feature maps {len(widths)} times and needs at least 8 pixels after "

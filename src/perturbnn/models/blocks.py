@@ -1,8 +1,11 @@
 """Residual blocks of the ResNet family: the basic block, the original PNN noise layer and the
-bottleneck block with a perturbation layer in its middle.
+bottleneck block with a perturbation layer in its middle, and the wider first perturbation
+layer of the authors' updated networks.
 
 Source: He et al., "Deep Residual Learning", CVPR 2016 (basic and bottleneck blocks); PNN, CVPR
-2018, Sec. 3-4 (the authors' ``NoiseLayer``).
+2018, Sec. 3-4 (the authors' ``NoiseLayer``); the authors' updated repository
+https://github.com/juefeix/pnn.pytorch.update, commit 2c1604fa, ``models.py``
+(:class:`AuthorsFirstLayer`).
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perturbnn._validation import check_positive_int
+from perturbnn._validation import check_level, check_positive_int
 from perturbnn.activations import make_activation
-from perturbnn.layers import NoiseMask, PerturbLayer
+from perturbnn.layers import MixMaps, NoiseMask, PerturbLayer
 from perturbnn.models._config import ModelConfig
 
-__all__ = ["EXPANSION", "BasicBlock", "NoiseLayer", "PerturbBottleneck"]
+__all__ = ["EXPANSION", "AuthorsFirstLayer", "BasicBlock", "NoiseLayer", "PerturbBottleneck"]
 
 #: Channel expansion of a bottleneck block's last 1x1 convolution.
 EXPANSION = 4
@@ -170,3 +173,136 @@ class PerturbBottleneck(BasicBlock):
                 nn.BatchNorm2d(out_channels, **fk),
             )
         super().__init__(body, shortcut)
+
+
+class AuthorsFirstLayer(nn.Sequential):
+    """The wider first perturbation layer of the authors' updated ``perturb_resnet18``.
+
+    With ``C = in_channels`` and ``n = out_channels``, in order:
+
+    1. :class:`~perturbnn.NoiseMask`: ``mask_factor * n`` fixed masks per input channel (unique
+       per channel with ``unique_masks=True``), amplitude ``level_factor * level``; the
+       perturbed tensor has ``C * mask_factor * n`` maps (mask ``m`` of channel ``c`` at map
+       ``c * mask_factor * n + m``);
+    2. BatchNorm over those maps, then a sigmoid;
+    3. a 1x1 convolution with bias to ``C * n`` maps, grouped by input channel (``groups=C``:
+       each group mixes the perturbed copies of one channel into ``n`` maps), BatchNorm,
+       sigmoid;
+    4. with ``mix_maps``: :class:`~perturbnn.MixMaps` with a sigmoid (dense 1x1 convolution with
+       bias, BatchNorm, sigmoid);
+    5. a 1x1 convolution without bias from ``C * n`` back to ``n`` maps, BatchNorm and the
+       network's activation ``act``.
+
+    The sigmoids are fixed whatever ``act`` is, as in the source; ``use_act`` has no
+    counterpart (the source's first layer ignores it). One sigmoid module serves steps 2 to 4.
+
+    Source: the authors' updated repository https://github.com/juefeix/pnn.pytorch.update,
+    commit 2c1604fa, ``models.py`` (its ``PerturbLayerFirst`` with ``filter_size=0``, built by
+    ``PerturbResNet`` with ``nmasks = 5 * nfilters``, noise level ``20 * level * scale_noise``
+    and ``3 * nfilters`` output maps, followed there by the 1x1 convolution back to
+    ``nfilters``, its BatchNorm and activation).
+
+    Args:
+        in_channels: image channels ``C``.
+        out_channels: output channels ``n`` (the network's ``nfilters``).
+        input_size: spatial size of the images, ``int`` or ``(height, width)``; ``None``: taken
+            from the first input (lazy masks).
+        level: the network's noise level (times ``scale_noise``); the masks' amplitude is
+            ``level_factor * level``.
+        mask_factor: masks per input channel per output channel. Default: ``5`` (the source's).
+        level_factor: factor on ``level``. Default: ``20.0`` (the source's).
+        act: activation after the last BatchNorm (a name of
+            :data:`perturbnn.activations.ACTIVATIONS`). Default: ``"relu"``.
+        mix_maps: add the sigmoid :class:`~perturbnn.MixMaps` of step 4.
+        noise_type, unique_masks, train_masks, generator: as in :class:`~perturbnn.NoiseMask`.
+        device, dtype: factory keyword arguments.
+
+    Shape:
+        - Input: ``Tensor[batch_size, in_channels, height, width]``.
+        - Output: ``Tensor[batch_size, out_channels, height, width]``.
+        - ``noise.masks``: ``Tensor[in_channels if unique_masks else 1, mask_factor *
+          out_channels, height, width]`` (a buffer unless ``train_masks``).
+
+    Raises:
+        TypeError, ValueError: on a non-positive channel count or ``mask_factor``, a negative
+            ``level_factor``, or an invalid noise option or ``act``.
+
+    Example::
+
+        >>> layer = AuthorsFirstLayer(3, 8, input_size=32, level=0.1)
+        >>> layer(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 8, 32, 32])
+        >>> tuple(layer.noise.masks.shape)
+        (3, 40, 32, 32)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        input_size: Optional[Union[int, tuple[int, int]]] = None,
+        level: float,
+        mask_factor: int = 5,
+        level_factor: float = 20.0,
+        act: str = "relu",
+        mix_maps: bool = False,
+        noise_type: str = "uniform",
+        unique_masks: bool = True,
+        train_masks: bool = False,
+        generator: Optional[torch.Generator] = None,
+        device: Union[torch.device, str, int, None] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("out_channels", out_channels)
+        check_positive_int("mask_factor", mask_factor)
+        check_level("level", level)
+        check_level("level_factor", level_factor)
+        fk: dict[str, Any] = {"device": device, "dtype": dtype}
+        nmasks = mask_factor * out_channels
+        perturbed, middle = in_channels * nmasks, in_channels * out_channels
+        sigmoid = nn.Sigmoid()
+        modules: list[nn.Module] = [
+            NoiseMask(
+                in_channels,
+                nmasks,
+                input_size,
+                level=level_factor * level,
+                noise_type=noise_type,
+                unique_masks=unique_masks,
+                train_masks=train_masks,
+                generator=generator,
+                **fk,
+            ),
+            nn.BatchNorm2d(perturbed, **fk),
+            sigmoid,
+            nn.Conv2d(perturbed, middle, 1, groups=in_channels, bias=True, **fk),
+            nn.BatchNorm2d(middle, **fk),
+            sigmoid,
+        ]
+        if mix_maps:
+            modules.append(MixMaps(middle, "sigmoid", activation=sigmoid, **fk))
+        modules += [
+            nn.Conv2d(middle, out_channels, 1, bias=False, **fk),
+            nn.BatchNorm2d(out_channels, **fk),
+            make_activation(act),
+        ]
+        super().__init__(*modules)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.mask_factor, self.level_factor = mask_factor, float(level_factor)
+
+    @property
+    def noise(self) -> NoiseMask:
+        """The layer's :class:`~perturbnn.NoiseMask` (its first module)."""
+        noise = self[0]
+        assert isinstance(noise, NoiseMask)
+        return noise
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}"
+        if self.mask_factor != 5:
+            s += f", mask_factor={self.mask_factor}"
+        if self.level_factor != 20.0:
+            s += f", level_factor={self.level_factor}"
+        return s

@@ -45,6 +45,6 @@ def cifarnet(**options: Unpack[ModelOptions]) -> PlainNet:
         >>> cifarnet(nfilters=8)(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    used = frozenset(ModelConfig.__dataclass_fields__)
+    used = frozenset(ModelConfig.__dataclass_fields__) - {"first_layer_type", "freeze_first"}
     config = ModelConfig.from_options("cifarnet", options, used=used)
     return build_plain_net("cifarnet", config, [[1, 1], [1, 1], [1, 1]], hidden=256)

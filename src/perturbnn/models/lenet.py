@@ -47,6 +47,6 @@ def lenet(**options: Unpack[ModelOptions]) -> PlainNet:
         >>> lenet(nfilters=8, in_channels=1, input_size=28)(torch.randn(2, 1, 28, 28)).shape
         torch.Size([2, 10])
     """
-    used = frozenset(ModelConfig.__dataclass_fields__)
+    used = frozenset(ModelConfig.__dataclass_fields__) - {"first_layer_type", "freeze_first"}
     config = ModelConfig.from_options("lenet", options, used=used)
     return build_plain_net("lenet", config, [[1], [1], [1]], hidden=128)

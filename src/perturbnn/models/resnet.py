@@ -19,7 +19,9 @@ from perturbnn.layers import NoiseMask, PerturbLayer
 from perturbnn.models._common import (
     check_first_input_size,
     check_model_input,
+    freeze_first_conv,
     make_pool,
+    regular_stem,
     stem_layer,
 )
 from perturbnn.models._config import ModelConfig, ModelOptions
@@ -147,7 +149,7 @@ def _check_pooled_size(name: str, config: ModelConfig, stage_input: Optional[int
 
 _NOISE_OPTIONS = frozenset(
     {"level", "act", "pool_type", "unique_masks", "train_masks", "noise_type", "first_filter_size"}
-)
+) | {"freeze_first"}
 
 
 @register_model
@@ -166,7 +168,8 @@ def resnet18(**options: Unpack[ModelOptions]) -> ResNet:
 
     Args:
         **options: ``nfilters``, ``num_classes`` (alias ``nclasses``), ``input_size``,
-            ``in_channels``, ``device``, ``dtype``; ``impl`` is accepted and ignored (no perturbation layers); the noise
+            ``in_channels``, ``freeze_first`` (fix the 3x3 stem convolution's weight, see
+            :class:`~perturbnn.models.ModelConfig`), ``device``, ``dtype``; ``impl`` is accepted and ignored (no perturbation layers); the noise
             options are unused and must keep their defaults.
 
     Returns:
@@ -181,7 +184,7 @@ def resnet18(**options: Unpack[ModelOptions]) -> ResNet:
         >>> resnet18(nfilters=8)(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    config = ModelConfig.from_options("resnet18", options, used=frozenset())
+    config = ModelConfig.from_options("resnet18", options, used=frozenset({"freeze_first"}))
     fk = config.factory_kwargs
 
     def body(in_channels: int, out_channels: int, stride: int, size: Optional[int]) -> nn.Module:
@@ -198,37 +201,8 @@ def resnet18(**options: Unpack[ModelOptions]) -> ResNet:
         nn.BatchNorm2d(config.nfilters, **fk),
         nn.ReLU(),
     )
+    freeze_first_conv(config, stem)
     return ResNet(stem, _stages(config, config.input_size, body), 8 * config.nfilters, config)
-
-
-def _regular_stem(name: str, config: ModelConfig) -> tuple[nn.Sequential, Optional[int]]:
-    """The original's regular first layer: 7x7 stride 2 + 3x3 max pooling, or 3x3."""
-    if config.first_filter_size not in (3, 7):
-        raise ValueError(
-            f"{name}'s first layer is a regular convolution: first_filter_size must be 3 or "
-            f"7, got {config.first_filter_size} (use perturb_resnet18 for noise in the first layer)"
-        )
-    fk = config.factory_kwargs
-    k = config.first_filter_size
-    stem_modules: list[nn.Module] = [
-        nn.Conv2d(
-            config.in_channels,
-            config.nfilters,
-            k,
-            stride=2 if k == 7 else 1,
-            padding=k // 2,
-            bias=False,
-            **fk,
-        ),
-        nn.BatchNorm2d(config.nfilters, **fk),
-        nn.ReLU(),
-    ]
-    size = config.input_size
-    if k == 7:
-        stem_modules.append(nn.MaxPool2d(3, 2, 1))
-        size = _pooled(_pooled(size, 2), 2)
-    _check_pooled_size(name, config, size)
-    return nn.Sequential(*stem_modules), size
 
 
 def _noiseresnet(name: str, depth: int, options: ModelOptions) -> ResNet:
@@ -237,7 +211,8 @@ def _noiseresnet(name: str, depth: int, options: ModelOptions) -> ResNet:
         name, options, used=_NOISE_OPTIONS, defaults={"first_filter_size": 7}
     )
     fk = config.factory_kwargs
-    stem, size = _regular_stem(name, config)
+    stem, size = regular_stem(name, config)
+    _check_pooled_size(name, config, size)
 
     def noise_stage(channels: int, stride: int, size: Optional[int]) -> list[nn.Module]:
         return [
@@ -278,7 +253,7 @@ def _perturb_resnet(name: str, depth: int, options: ModelOptions) -> ResNet:
     """Klachko's PerturbLayer ResNet of ``depth`` layers."""
     used = frozenset(ModelConfig.__dataclass_fields__) - {"dropout"}
     config = ModelConfig.from_options(name, options, used=used)
-    stem, size = stem_layer(config)
+    stem, size = stem_layer(config, name)
     stem_modules: list[nn.Module] = [stem]
     if config.first_filter_size == 7:
         stem_modules.append(nn.MaxPool2d(3, 2, 1))
@@ -348,6 +323,8 @@ def noiseresnet18(**options: Unpack[ModelOptions]) -> ResNet:
     Args:
         **options: ``nfilters``, ``num_classes`` (alias ``nclasses``), ``level``, ``first_filter_size`` (7 or 3),
             ``act``, ``pool_type``, ``unique_masks``, ``train_masks``, ``noise_type``,
+            ``freeze_first`` (the first convolution's weight fixed at its random values, as in
+            the authors' updated repository, commit 2c1604fa),
             ``input_size`` (``None``: lazy masks, any size), ``in_channels``, ``generator``,
             ``device``, ``dtype``; ``impl`` is accepted and ignored (its noise layers have no
             fast path).
@@ -442,9 +419,14 @@ def perturb_resnet18(**options: Unpack[ModelOptions]) -> ResNet:
     ``level * scale_noise``; 7 adds 3x3 max pooling). Each block: two :class:`PerturbLayer` s with
     ``filter_size`` (the activation between noise and 1x1 convolution always on), pooling by the
     stride between them; shortcut 1x1 convolutions without bias. ``filter_size=1`` gives
-    Klachko's no-noise 1x1 network, ``filter_size=0`` the PNN.
+    Klachko's no-noise 1x1 network, ``filter_size=0`` the PNN. ``first_layer_type="authors"``
+    (with ``first_filter_size=0``) makes the stem the wider
+    :class:`~perturbnn.models.AuthorsFirstLayer` of the authors' updated repository;
+    ``freeze_first`` (with ``first_filter_size > 0``) fixes the stem convolution's weight.
 
-    Source: Klachko's ``perturb_resnet18``; Klachko's experiments 4 to 8.
+    Source: Klachko's ``perturb_resnet18``; Klachko's experiments 4 to 8; the authors'
+    updated ``perturb_resnet18`` (https://github.com/juefeix/pnn.pytorch.update, commit
+    2c1604fa) for ``first_layer_type="authors"``.
 
     Args:
         **options: every option of :class:`~perturbnn.models.ModelConfig` except ``dropout``;

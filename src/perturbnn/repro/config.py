@@ -19,7 +19,7 @@ from perturbnn._validation import check_choice
 from perturbnn.activations import ACTIVATIONS
 from perturbnn.functional import IMPLS
 from perturbnn.layers import NOISE_TYPES
-from perturbnn.models import POOL_TYPES
+from perturbnn.models import FIRST_LAYER_TYPES, POOL_TYPES
 from perturbnn.models._registry import check_model_name
 from perturbnn.repro.data import dataset_info
 from perturbnn.repro.experiments import Experiment, get_experiment
@@ -51,6 +51,8 @@ MODEL_OPTIONS: tuple[str, ...] = (
     "train_masks",
     "noise_type",
     "mix_maps",
+    "first_layer_type",
+    "freeze_first",
 )
 
 
@@ -88,6 +90,10 @@ class RunConfig:
             :func:`perturbnn.repro.data.load_dataset`); not for ``ImageFolder``.
         nfilters, nmasks, level, filter_size, first_filter_size, scale_noise, act, use_act, pool_type, dropout, unique_masks, train_masks, noise_type, mix_maps: model options
             (see :func:`perturbnn.build_model`).
+        first_layer_type, freeze_first: model options of the authors' updated networks
+            (``--first-layer-type``, ``--freeze-first``; see :class:`perturbnn.models.ModelConfig`):
+            ``"independent"`` and ``False``, the defaults, build the independent
+            reproduction's networks; the authors' presets set them.
         impl: how perturbation layers compute (``"auto"``, ``"eager"``, ``"compiled"``,
             ``"grouped"``; the same results, see ``docs/performance.md``). Not part of
             :data:`RESUME_FIELDS`: a run may resume with another ``impl``.
@@ -135,6 +141,8 @@ class RunConfig:
     train_masks: bool = False
     noise_type: str = "uniform"
     mix_maps: bool = False
+    first_layer_type: str = "independent"
+    freeze_first: bool = False
     impl: str = "auto"
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -196,6 +204,9 @@ class RunConfig:
         check_choice("act", self.act, ACTIVATIONS)
         check_choice("noise_type", self.noise_type, NOISE_TYPES)
         check_choice("pool_type", self.pool_type, POOL_TYPES)
+        check_choice("first_layer_type", self.first_layer_type, FIRST_LAYER_TYPES)
+        if not isinstance(self.freeze_first, bool):
+            raise ValueError(f"freeze_first must be a bool, got {self.freeze_first!r}")
         dataset_info(self.dataset_train)
         dataset_info(self.dataset_test)
         object.__setattr__(self, "optim_method", _canonical_optimizer(self.optim_method))

@@ -14,7 +14,9 @@ except the noise ``level``, which every preset states explicitly.
   all eight runs used the noise level 0.5 of his ``main.py``.
 * ``source="authors"`` (``authors-first3``, ``authors-all-layers``): the recipe the authors
   (Juefei-Xu et al.) published in answer to it, in https://github.com/juefeix/pnn.pytorch.update
-  (see :data:`AUTHORS_RECIPE` for what was found there and what could not be modelled).
+  (see :data:`AUTHORS_RECIPE` for what was found there and how it is modelled: the recipe,
+  and the update's two network changes as the model options ``freeze_first`` and
+  ``first_layer_type``).
 
 Source: Juefei-Xu, Boddeti and Savvides, "Perturbative Neural Networks", CVPR 2018; the two
 repositories above.
@@ -93,13 +95,20 @@ AUTHORS_RECIPE: tuple[str, ...] = (
     "reproduction's schedules. Here: --lr-schedule authors.",
     "Users' re-runs of the main command: 89.79% (issue 2), 89.38% and, with 256 filters, "
     "90.76% (issue 3): 89.4% to 90.8%.",
-    "Not modelled here (the harness's networks are the independent reproduction's): the "
-    "updated noiseresnet18 freezes the weights of its 3x3 first convolution (a fixed random "
-    "first layer); the updated perturb_resnet18 replaces the first layer (first_filter_size 0) "
-    "by a wider one (5 x nfilters masks per input channel, noise level x20, BatchNorm and a "
-    "sigmoid before the 1x1 convolution, then a 1x1 convolution back to nfilters). The "
-    "presets run the recipe (optimizer, rate, schedule, noise level, batch size, epochs, "
-    "widths) on the harness's networks.",
+    "Network changes of the update (models.py, commit 2c1604fa), modelled here as model "
+    "options that the two presets set: the updated noiseresnet18 freezes the weights of its "
+    "3x3 first convolution, a fixed random first layer (freeze_first=True, --freeze-first; "
+    "its BatchNorm stays trainable); the updated perturb_resnet18 replaces the first "
+    "perturbation layer (first_filter_size 0) by a wider one (first_layer_type='authors', "
+    "--first-layer-type authors): 5 x nfilters masks per input channel (unique per channel, the "
+    "main.py default) at 20 x the noise level, BatchNorm and a sigmoid, a 1x1 convolution "
+    "grouped by input channel to 3 x nfilters maps, BatchNorm and a sigmoid, then a 1x1 "
+    "convolution back to nfilters, BatchNorm and ReLU.",
+    "Still not modelled: the rest of the two networks is the harness's (the independent "
+    "reproduction's layers); they were not compared line by line with the update's. Where "
+    "the update's main.py applies the first-layer changes without a flag, the presets set "
+    "the options (a main.py command given to perturbnn-repro train without --experiment "
+    "builds the independent reproduction's first layer).",
 )
 
 
@@ -326,14 +335,14 @@ _AUTHORS_PRESETS: tuple[Experiment, ...] = (
         "The authors' updated recipe (their answer to the independent reproduction): the "
         "original PNN with a 3x3 first convolution, Adam at 1e-4, noise level 0.1, 450 epochs, "
         "x0.2 from epochs 150, 250, 300, 350, 400. The authors report 90.35%; users re-running "
-        "it reported 89.4% to 90.8% (89.79%, 89.38%, and 90.76% with 256 filters). Same network "
-        "as 'original-first3' (whose SGD recipe gave 86.2%), except that the authors' update "
-        "also freezes the first convolution, which is not modelled here.",
+        "it reported 89.4% to 90.8% (89.79%, 89.38%, and 90.76% with 256 filters). The network "
+        "of 'original-first3' (whose SGD recipe gave 86.2%) with the first convolution's "
+        "weights frozen at their random values, as in the authors' update (freeze_first).",
         "noiseresnet18",
         "--nfilters 128 --batch-size 10 --learning-rate 1e-4 --first_filter_size 3 --level 0.1 "
         "--optim-method Adam --nepochs 450",
         0.9035,
-        {"nfilters": 128, "first_filter_size": 3},
+        {"nfilters": 128, "first_filter_size": 3, "freeze_first": True},
         10,
     ),
     _authors(
@@ -341,13 +350,20 @@ _AUTHORS_PRESETS: tuple[Experiment, ...] = (
         "The authors' updated recipe with noise masks in every layer, the first one included "
         "(fanout 1, 256 filters, batch 20). The authors report 85.92%. Same options as "
         "'pnn-all-layers' (72.6% with the independent reproduction's recipe) at twice the "
-        "width; the authors' update also widens its first perturbation layer, which is not "
-        "modelled here.",
+        "width, with the authors' wider first perturbation layer (first_layer_type='authors': "
+        "5 x nfilters masks per channel at 20 x the noise level, BatchNorm, sigmoid and 1x1 "
+        "convolutions back to nfilters).",
         "perturb_resnet18",
         "--nfilters 256 --batch-size 20 --learning-rate 1e-4 --first_filter_size 0 --filter_size 0 "
         "--nmasks 1 --level 0.1 --optim-method Adam --nepochs 450",
         0.8592,
-        {"nfilters": 256, "first_filter_size": 0, "filter_size": 0, "nmasks": 1},
+        {
+            "nfilters": 256,
+            "first_filter_size": 0,
+            "filter_size": 0,
+            "nmasks": 1,
+            "first_layer_type": "authors",
+        },
         20,
     ),
 )

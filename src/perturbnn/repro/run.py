@@ -71,6 +71,8 @@ class PreparedRun:
         checkpoint (dict, optional): the loaded ``resume`` checkpoint.
         parameters (int): trainable parameters, fixed noise masks excluded.
         mask_values (int): values held in noise masks.
+        frozen_parameters (int): parameters with ``requires_grad=False`` (a first convolution
+            built with ``freeze_first``), not trained and not in ``parameters``.
         debug_handles (list[RemovableHandle]): hooks from ``debug=True``.
         distributed (DistributedContext, optional): rank, world size and backend when
             started by ``torchrun`` (then ``model`` is DDP-wrapped and the loaders are
@@ -90,6 +92,7 @@ class PreparedRun:
     mask_values: int
     debug_handles: list[RemovableHandle] = field(default_factory=list)
     distributed: Optional[_distributed.DistributedContext] = None
+    frozen_parameters: int = 0
 
     def metadata(self) -> dict[str, Any]:
         """Entries for ``summary.json``: the experiment, the command and accuracy of its source
@@ -189,7 +192,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
             state-dict keys that differ.
         FileNotFoundError: if ``resume`` does not exist.
     """
-    from perturbnn import build_model, init_weights_
+    from perturbnn import build_model, count_parameters, init_weights_
     from perturbnn.repro.data import dataset_classes, make_loaders
 
     experiment = get_experiment(config.experiment) if config.experiment else None
@@ -274,6 +277,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         mask_values=mask_values,
         debug_handles=handles,
         distributed=context,
+        frozen_parameters=count_parameters(model, frozen=True),
     )
 
 

@@ -36,7 +36,7 @@ _USAGE = f"""usage: {PROG} [demo] [options]        one short run: exact vs origi
 Without a command, {PROG} runs `demo`: one short CIFAR-10 run of a network with perturbation
 layers (under 3 minutes on 2 quiet CPU cores) printing the exact test accuracy, the original
 method's figure, and its overstatement over 1,000 orders of the same test predictions. The full
-reproduction is `reproduce` (about 39 minutes on 2 quiet cores at its defaults). The data is looked
+reproduction is `reproduce` (about 46 minutes on 2 quiet cores at its defaults). The data is looked
 for in --data-dir, else $PERTURBNN_DATA_DIR, else ./data or ../shared/data (the first that
 exists); --download fetches a missing data set with torchvision (into --data-dir, else
 $PERTURBNN_DATA_DIR, else ./data; CIFAR-10 is about 170 MB) and never fetches it twice.

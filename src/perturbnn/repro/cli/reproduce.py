@@ -132,8 +132,8 @@ def make_config(
 
 
 def _experiment_fields(config: Mapping[str, Any]) -> dict[str, Any]:
-    # A field the saved configuration lacks was added after it was written (lr_schedule):
-    # the run used that field's default.
+    # A field the saved configuration lacks was added after it was written (lr_schedule,
+    # first_layer_type, freeze_first): the run used that field's default.
     defaults = _plain(RunConfig())
     values = {k: defaults[k] for k in _ADDED_FIELDS if k not in config}
     values.update(config)
@@ -141,7 +141,7 @@ def _experiment_fields(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 #: RunConfig fields added after logs were committed; older summaries and checkpoints lack them.
-_ADDED_FIELDS: tuple[str, ...] = ("lr_schedule",)
+_ADDED_FIELDS: tuple[str, ...] = ("lr_schedule", "first_layer_type", "freeze_first")
 
 
 def _plain(config: RunConfig) -> dict[str, Any]:

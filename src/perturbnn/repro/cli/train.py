@@ -51,6 +51,7 @@ from typing import Any, Optional
 
 from perturbnn import ACTIVATIONS, list_models
 from perturbnn.functional import IMPLS
+from perturbnn.models import FIRST_LAYER_TYPES
 from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
 from perturbnn.repro.cli.output import (
     Parser,
@@ -166,6 +167,22 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
         action=boolean,
         default=defaults.mix_maps,
         help="extra 1x1 mixing convolution in perturbation layers",
+    )
+    add(
+        "--first-layer-type",
+        type=choice(list(FIRST_LAYER_TYPES), what="first layer type"),
+        metavar="NAME",
+        default=defaults.first_layer_type,
+        help="first perturbation layer (--first-filter-size 0, perturb_resnet*): independent "
+        "(the independent reproduction's) or authors (the authors' update: 5 x nfilters masks "
+        "per channel at 20 x the noise level, BatchNorm, sigmoid, 1x1 convolutions)",
+    )
+    add(
+        "--freeze-first",
+        action=boolean,
+        default=defaults.freeze_first,
+        help="fix the weights of the regular first convolution (--first-filter-size > 0) at "
+        "their random values, as the authors' updated noiseresnet18 does",
     )
     add(
         "--impl",
@@ -386,8 +403,9 @@ def print_run(run: PreparedRun) -> None:
     """The model, the data and the processes of a prepared run, one line each."""
     config = run.config
     echo(
-        f"model: {config.net_type} with {run.parameters:,} parameters and "
-        f"{run.mask_values:,} noise mask values, on {run.device}"
+        f"model: {config.net_type} with {run.parameters:,} trainable parameters"
+        + (f" (and {run.frozen_parameters:,} frozen)" if run.frozen_parameters else "")
+        + f" and {run.mask_values:,} noise mask values, on {run.device}"
     )
     meta = run.metadata()
     echo(f"data: {meta['train_samples']} train and {meta['test_samples']} test samples")

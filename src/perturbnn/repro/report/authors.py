@@ -161,9 +161,10 @@ def authors_markdown(experiments: Sequence[ExperimentSeeds]) -> list[str]:
         lines.append("| (no run of the authors' presets in this folder) | | | | |")
     lines += [
         "",
-        "Not modelled (see `perturbnn-repro train --list-experiments` and `docs/training.md`): "
-        "the authors' update also freezes the 3x3 first convolution of `noiseresnet18` and "
-        "widens the first perturbation layer of `perturb_resnet18`; the presets run the recipe "
-        "on the harness's networks.",
+        "The presets build the update's two network changes (see `perturbnn-repro train "
+        "--list-experiments` and `docs/training.md`): `authors-first3` freezes the 3x3 first "
+        "convolution of `noiseresnet18` (`freeze_first`), `authors-all-layers` has the wider "
+        "first perturbation layer of the update's `perturb_resnet18` "
+        "(`first_layer_type='authors'`); the rest of both networks is the harness's.",
     ]
     return lines
