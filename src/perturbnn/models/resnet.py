@@ -164,7 +164,7 @@ def resnet18(**options: Unpack[ModelOptions]) -> ResNet:
     with strided 3x3 convolutions; 1x1 shortcut convolutions without bias. Klachko's experiment
     1 uses ``nfilters=44`` to match the PNN parameter count (5,284,982 parameters).
 
-    Source: He et al., CVPR 2016; seed experiment 1 (``--net-type resnet18 --nfilters 44``).
+    Source: He et al., CVPR 2016; Klachko's experiment 1 (``--net-type resnet18 --nfilters 44``).
 
     Args:
         **options: ``nfilters``, ``num_classes`` (alias ``nclasses``), ``input_size``,
@@ -318,7 +318,7 @@ def noiseresnet18(**options: Unpack[ModelOptions]) -> ResNet:
     BatchNorm, activation, :class:`NoiseLayer`, BatchNorm. Masks are as large as the maps they
     perturb.
 
-    Source: PNN, CVPR 2018 (the authors' ``noiseresnet18``); seed experiments 2 and 3.
+    Source: PNN, CVPR 2018 (the authors' ``noiseresnet18``); Klachko's experiments 2 and 3.
 
     Args:
         **options: ``nfilters``, ``num_classes`` (alias ``nclasses``), ``level``, ``first_filter_size`` (7 or 3),
