@@ -332,8 +332,8 @@ def _kebab(arg: str) -> str:
 def test_the_independent_reproductions_commands_parse_as_their_kebab_spelling(name: str) -> None:
     """Each preset's main.py command (the independent reproduction's eight, the authors' two)
     runs unchanged, to the same configuration as the kebab-case spelling, and that
-    configuration is the preset's (the authors' with their schedule and their network changes,
-    which their main.py and models.py apply without a flag)."""
+    configuration is the preset's except the options its main.py applies without a flag
+    (``Experiment.implicit``: the authors' schedule and network changes)."""
     argv = shlex.split(EXPERIMENTS[name].seed_command)[2:]  # after "python main.py"
     kebab = [_kebab(arg) for arg in argv]
     assert not any("_" in arg for arg in kebab if arg.startswith("--"))
@@ -344,13 +344,11 @@ def test_the_independent_reproductions_commands_parse_as_their_kebab_spelling(na
     old = train_cli.resolve_config([*argv, "--out-dir", "x"])
     new = train_cli.resolve_config([*kebab, "--out-dir", "x"])
     assert old == new
-    if EXPERIMENTS[name].source == "authors":
-        first3 = name == "authors-first3"
-        new = new.replace(
-            lr_schedule="authors",
-            freeze_first=first3,
-            first_layer_type="independent" if first3 else "authors",
-        )
+    implicit = EXPERIMENTS[name].implicit_options()
+    assert (EXPERIMENTS[name].source == "authors") == bool(implicit)
+    for key, value in implicit.items():
+        assert getattr(new, key) != value, key  # really not set by the command
+    new = new.replace(**implicit)
     assert new == RunConfig.from_experiment(name, out_dir="x").replace(experiment=None)
 
 

@@ -79,10 +79,16 @@ def test_demo_is_the_default_command(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_data_is_an_error_before_any_output(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert demo.main(["--data-dir", str(tmp_path / "none"), "--threads", "1"]) == 2
+    missing = tmp_path / "none"
+    assert demo.main(["--data-dir", str(missing), "--threads", "1"]) == 2
     out, err = capsys.readouterr()
     assert out == ""  # not even the demo: and threads: lines
-    assert err.startswith("error: CIFAR10 train split not found under")
+    assert err.count("\n") == 1 and err.endswith("\n")  # one line
+    how, _, looked = err.partition("Looked for:")
+    assert how.startswith(f"error: CIFAR-10 train split not found in {missing.absolute()}: ")
+    assert "--download" in how and "--data-dir" in how  # the flags, not download=/data_dir
+    assert "download=True" not in err and "data_dir" not in err
+    assert "cifar10/cifar10_train_1.npz" in looked
 
 
 class FakeRun:

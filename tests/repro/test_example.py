@@ -169,15 +169,18 @@ def test_bad_option_exits_with_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", list_experiments())
 def test_seed_commands_parse_to_the_presets(name: str) -> None:
-    """The preset equals what the example parses from its source's own command line (the
-    authors' main.py hard-codes its schedule: here it is --lr-schedule authors)."""
+    """The preset equals what the example parses from its source's own command line, except
+    the options that source's main.py applies without a flag (``Experiment.implicit``: the
+    authors' schedule and network changes), which the command alone leaves at other values."""
     script = load_script()
     argv = shlex.split(EXPERIMENTS[name].seed_command)[2:]  # drop "python main.py"
-    if EXPERIMENTS[name].source == "authors":
-        argv += ["--lr-schedule", "authors"]
     from_command = script.resolve_config([*argv, "--out-dir", "x"])
     from_preset = script.resolve_config(["--experiment", name, "--out-dir", "x"])
-    assert from_command.replace(experiment=name) == from_preset
+    implicit = EXPERIMENTS[name].implicit_options()
+    assert (EXPERIMENTS[name].source == "authors") == bool(implicit)
+    for key, value in implicit.items():
+        assert getattr(from_command, key) != value, key  # really not set by the command
+    assert from_command.replace(experiment=name, **implicit) == from_preset
 
 
 def test_explicit_flags_override_the_preset() -> None:

@@ -418,7 +418,7 @@ def test_reproduce_replays_each_run_exactly(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setattr(reproduce_cli, "log_to_stdout", lambda: None)
-    report = SimpleNamespace(markdown="r.md", runs=[], comparisons=[], findings=[])
+    report = SimpleNamespace(markdown="r.md", runs=[], comparisons=[], findings=[], authors=[])
     monkeypatch.setattr(reproduce_cli, "build_report", lambda *a, **k: report)  # not tested here
     configure = runtime.configure_threads
     monkeypatch.setattr(runtime, "configure_threads", _configure_with(ScriptedGuard({1: 2})))

@@ -131,9 +131,14 @@ class Experiment:
         dataset (str): training and test data set name. Default: ``"CIFAR10"``.
         source (str): where the preset comes from, a key of :data:`SOURCES`. Default:
             ``"independent"``.
+        implicit (tuple[str, ...]): the options of ``config`` and ``train`` that the source's
+            ``main.py`` applies without a flag, so that ``seed_command`` does not spell them (the
+            authors': ``lr_schedule``, and ``freeze_first`` or ``first_layer_type``). Default:
+            ``()``: the command sets every option.
 
     Raises:
-        ValueError: if ``seed_accuracy`` is not in [0, 1] or ``source`` is unknown.
+        ValueError: if ``seed_accuracy`` is not in [0, 1], ``source`` is unknown, or an
+            ``implicit`` name is not an option of ``config`` or ``train``.
     """
 
     name: str
@@ -145,6 +150,7 @@ class Experiment:
     train: Mapping[str, Any] = field(default_factory=dict, hash=False)
     dataset: str = "CIFAR10"
     source: str = "independent"
+    implicit: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.seed_accuracy <= 1.0:
@@ -156,6 +162,9 @@ class Experiment:
         # Freeze the mappings so a preset cannot be changed by accident.
         object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
         object.__setattr__(self, "train", MappingProxyType(dict(self.train)))
+        unknown = [k for k in self.implicit if k not in self.config and k not in self.train]
+        if unknown:
+            raise ValueError(f"implicit names options the preset does not set: {unknown}")
 
     def overrides(self) -> dict[str, Any]:
         """All options this preset sets, as one flat dict of :class:`RunConfig` fields.
@@ -171,6 +180,17 @@ class Experiment:
             **dict(self.config),
             **dict(self.train),
         }
+
+    def implicit_options(self) -> dict[str, Any]:
+        """The options the source's ``main.py`` applies without a flag, with their values.
+
+        Returns:
+            dict[str, Any]: the :class:`RunConfig` fields named by ``implicit`` and their
+            values in :meth:`overrides`; parsing ``seed_command`` gives the preset's
+            configuration except these.
+        """
+        options = self.overrides()
+        return {k: options[k] for k in self.implicit}
 
 
 def _exp(
@@ -298,7 +318,6 @@ _PRESETS: tuple[Experiment, ...] = (
 )
 
 
-
 def _authors(
     name: str,
     description: str,
@@ -326,7 +345,12 @@ def _authors(
             "lr_schedule": "authors",
         },
         source="authors",
+        implicit=("lr_schedule", *(k for k in _AUTHORS_NETWORK_CHANGES if k in config)),
     )
+
+
+#: The update's network changes, which the authors' main.py and models.py apply without a flag.
+_AUTHORS_NETWORK_CHANGES: tuple[str, ...] = ("freeze_first", "first_layer_type")
 
 
 _AUTHORS_PRESETS: tuple[Experiment, ...] = (

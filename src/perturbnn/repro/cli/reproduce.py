@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
+from perturbnn.repro.cli.budget import budget_seconds, print_budget, print_costs
 from perturbnn.repro.cli.output import (
     Parser,
     add_progress_flag,
@@ -58,7 +59,7 @@ from perturbnn.repro.cli.output import (
 )
 from perturbnn.repro.config import MACHINE_FIELDS, RunConfig
 from perturbnn.repro.data import DataCorruptError, DataNotFoundError
-from perturbnn.repro.experiments import EXPERIMENTS, list_experiments
+from perturbnn.repro.experiments import list_experiments
 from perturbnn.repro.report import SUMMARY_FILE, build_report, format_duration
 from perturbnn.repro.run import run_experiment
 from perturbnn.repro.runtime import log_to_stdout, threads_for_run
@@ -68,39 +69,6 @@ from perturbnn.repro.thread_record import ThreadSchedule, replay_runs
 __all__ = ["build_parser", "main", "resolve_scale"]
 
 PROG = "perturbnn-repro reproduce"
-
-
-def print_budget(
-    names: Sequence[str],
-    scale: Scale,
-    costs: Optional[dict[str, tuple[float, float]]] = None,
-    seeds: Sequence[int] = (1,),
-) -> Optional[float]:
-    """Print the predicted time of each experiment (all its seeds) and the total; return the
-    total in seconds (``None`` if a cost is not measured)."""
-    echo(f"scale {scale.name}: {scale.summary_line()}")
-    echo(f"seeds: {' '.join(str(s) for s in seeds)} (every experiment runs once per seed)")
-    width = max(len(n) for n in names)
-    echo(f"  {'experiment':<{width}}  width  batch  budget (all seeds)")
-    total: Optional[float] = 0.0
-    for name in names:
-        one = predict_seconds(name, scale, costs)
-        seconds = None if one is None else one * len(seeds)
-        exp = EXPERIMENTS[name]
-        budget = format_duration(seconds) if seconds is not None else "not measured"
-        echo(
-            f"  {name:<{width}}  {scale.width(int(exp.config['nfilters'])):>5}  "
-            f"{exp.train['batch_size']:>5}  {budget}"
-        )
-        total = None if seconds is None or total is None else total + seconds
-    if total is not None:
-        echo(f"  {'total':<{width}}                {format_duration(total)}")
-    else:
-        echo(
-            "  total: not predicted (per-image costs are measured for --scale cpu on the CPU "
-            "only; run with --estimate to measure them here)"
-        )
-    return total
 
 
 def run_folder(out_dir: Path, name: str, seed: int) -> Path:
@@ -313,10 +281,6 @@ def resolve_scale(args: argparse.Namespace) -> Scale:
     )
 
 
-def _rounded(seconds: Optional[float]) -> Optional[float]:
-    return None if seconds is None else round(seconds, 1)
-
-
 def _write_manifest(
     out_dir: Path, scale: Scale, command: str, budget: dict[str, Any], seeds: Sequence[int]
 ) -> None:
@@ -487,15 +451,12 @@ def main(argv: Optional[Sequence[str]] = None, *, command: str = PROG) -> int:
                 return 2
             echo()
             print_budget(names, scale, costs, seeds)
-            echo("\nCPU_COSTS = {")
-            for name, (train_s, test_s) in costs.items():
-                echo(f'    "{name}": ({train_s:.5f}, {test_s:.5f}),')
-            echo("}")
+            print_costs(costs)
             return 0
         total = print_budget(names, scale, seeds=seeds)
         if total is not None and total > 3600:
             echo("warning: the predicted total is over one hour", err=True)
-        budget = {name: _rounded(predict_seconds(name, scale)) for name in names}
+        budget = budget_seconds(names, scale)
         _write_manifest(out_dir, scale, f"{command} {shlex.join(arguments)}".strip(), budget, seeds)
         log_to_stdout()
         try:

@@ -37,15 +37,13 @@ from perturbnn.repro.data.catalog import (
     dataset_info,
 )
 from perturbnn.repro.data.download import download_dataset, source_urls
-from perturbnn.repro.data.files import (
+from perturbnn.repro.data.errors import (
     DATA_DIR_ENV,
-    ArrayImageDataset,
     DataCorruptError,
     DataDownloadError,
     DataNotFoundError,
-    load_dataset,
-    resolve_data_dir,
 )
+from perturbnn.repro.data.files import ArrayImageDataset, load_dataset, resolve_data_dir
 from perturbnn.repro.data.loaders import (
     TEST_SUBSET_SEED,
     class_balanced_subset,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from perturbnn.repro.data.catalog import _official_files, _Spec, _spec
-from perturbnn.repro.data.files import DataCorruptError, DataDownloadError
+from perturbnn.repro.data.errors import DataCorruptError, DataDownloadError
 
 __all__ = ["TEMP_PREFIX", "download_dataset", "source_urls"]
 

@@ -20,69 +20,21 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from perturbnn.repro.data.catalog import (
-    _official_files,
-    _Spec,
-    _spec,
-    build_transform,
-)
+from perturbnn.repro.data.catalog import _Spec, _spec, build_transform
+from perturbnn.repro.data.download import download_dataset
+from perturbnn.repro.data.errors import DATA_DIR_ENV as DATA_DIR_ENV
+from perturbnn.repro.data.errors import DataCorruptError as DataCorruptError
+from perturbnn.repro.data.errors import DataDownloadError as DataDownloadError
+from perturbnn.repro.data.errors import DataNotFoundError as DataNotFoundError
+from perturbnn.repro.data.errors import _check_complete, _not_found
 
-__all__ = [
-    "DATA_DIR_ENV",
-    "ArrayImageDataset",
-    "DataCorruptError",
-    "DataDownloadError",
-    "DataNotFoundError",
-    "load_dataset",
-    "resolve_data_dir",
-]
+# DATA_DIR_ENV and the Data*Error classes are imported from perturbnn.repro.data.errors, so
+# that ``from perturbnn.repro.data.files import DataNotFoundError`` keeps working.
+__all__ = ["ArrayImageDataset", "load_dataset", "resolve_data_dir"]
 
 logger = logging.getLogger(__name__)
 StrPath = Union[str, "os.PathLike[str]"]
 Transform = Callable[[Tensor], Tensor]
-
-#: Name of the environment variable read by :func:`resolve_data_dir`.
-DATA_DIR_ENV = "PERTURBNN_DATA_DIR"
-
-
-class DataNotFoundError(FileNotFoundError):
-    """A data set is not where it was looked for.
-
-    The message is one line: how to get the data (``download=True``, ``data_dir``), then the
-    places that were looked at.
-
-    Attributes:
-        paths (list[Path]): the paths looked at, in search order.
-    """
-
-    def __init__(self, message: str, paths: Sequence[Path] = ()) -> None:
-        super().__init__(message)
-        self.paths: list[Path] = list(paths)
-
-
-class DataDownloadError(DataNotFoundError):
-    """A data set is missing and downloading it failed (no network, a checksum error, ...).
-
-    The message is one line: the reason and where to put the files by hand. Nothing of the
-    failed download is left in the data folder.
-
-    Attributes:
-        paths (list[Path]): where the data would have gone.
-    """
-
-
-class DataCorruptError(ValueError):
-    """A data file or folder exists but cannot be read or holds the wrong arrays.
-
-    The message names the file or folder.
-
-    Attributes:
-        path (Path): the file or folder at fault.
-    """
-
-    def __init__(self, message: str, path: Path) -> None:
-        super().__init__(message)
-        self.path: Path = path
 
 
 class ArrayImageDataset(Dataset[tuple[Tensor, int]]):
@@ -326,27 +278,6 @@ def _read_torchvision(spec: _Spec, root: Path, train: bool) -> _Arrays:
 _MD5_CHECKED = ("CIFAR10", "CIFAR100", "SVHN", "STL10")
 
 
-def _check_complete(spec: _Spec, root: Path, train: bool) -> None:
-    """Raise :class:`DataCorruptError` naming the files torchvision needs that are missing."""
-    folder = root / spec.torchvision_marker[train]
-    files = _official_files(spec, train)
-    missing = [f for f in files if not (root / f).is_file()]
-    if not missing:
-        return
-    split = "train" if train else "test"
-    needs = (
-        f"torchvision needs all {len(files)} files to read either split"
-        if len(files) > 1
-        else f"torchvision reads the {split} split from it"
-    )
-    names = ", ".join(os.path.relpath(root / f, folder) for f in missing)
-    raise DataCorruptError(
-        f"{folder}: {spec.label} is incomplete: {names} missing ({needs}); copy the missing "
-        f"files again, or remove {folder} and pass download=True to download it again",
-        folder,
-    )
-
-
 def _load_torchvision(spec: _Spec, root: Path, train: bool) -> _Arrays:
     folder = root / spec.torchvision_marker[train]
     _check_complete(spec, root, train)
@@ -401,62 +332,6 @@ def _load_image_folder(
             ) from exc
         return dataset
     return None
-
-
-def _looked_for(data_dir: Path, looked: list[tuple[Path, bool]]) -> str:
-    """The paths looked at, relative to ``data_dir``, a set of files in one folder on one entry
-    (``cifar10/cifar10_train_1.npz .. cifar10_train_5.npz``), naming the missing ones of a set
-    that is partly there."""
-    groups: dict[tuple[Path, str], list[tuple[str, bool]]] = {}
-    for path, found in looked:
-        groups.setdefault((path.parent, path.suffix), []).append((path.name, found))
-    entries = []
-    for (parent, _), members in groups.items():
-        rel = os.path.relpath(parent, data_dir)
-        first = members[0][0] if rel == "." else os.path.join(rel, members[0][0])
-        entry = first if len(members) == 1 else f"{first} .. {members[-1][0]}"
-        missing = [name for name, found in members if not found]
-        if len(missing) < len(members):
-            entry += f" ({', '.join(missing)} missing)"
-        entries.append(entry)
-    return ", ".join(entries)
-
-
-def _not_found(
-    spec: _Spec, data_dir: Path, train: bool, looked: list[tuple[Path, bool]]
-) -> DataNotFoundError:
-    """One line: how to get the data first, then (briefly) where it was looked for."""
-    split = "train" if train else "test"
-    root = data_dir.absolute()
-    if spec.info.name == "ImageFolder":
-        how = (
-            f"put the training images in {root / 'train'}{os.sep}<class>{os.sep} and the test "
-            f"images in {root / 'val'}{os.sep}<class>{os.sep} (or test{os.sep}), or point "
-            "data_dir at the folder that holds train/ and val/ (an ImageFolder cannot be "
-            "downloaded)"
-        )
-    else:
-        sub = spec.torchvision_roots[0]
-        official = (
-            os.path.join(sub, spec.torchvision_marker[train])
-            if sub
-            else spec.torchvision_marker[train]
-        )
-        folder = os.sep if spec.torchvision_class != "SVHN" else ""  # SVHN's marker is a file
-        holding = f"torchvision's {official}{folder}"
-        if spec.npz_files[train]:
-            names = [f for f, _ in spec.npz_files[train]]
-            npz = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]}"
-            holding += f" or the offline {os.path.join(spec.npz_folder, npz)}"
-        how = (
-            f"pass download=True to fetch it ({spec.download_size}), or point data_dir (or "
-            f"${DATA_DIR_ENV}) at a folder holding {holding}"
-        )
-    return DataNotFoundError(
-        f"{spec.label} {split} split not found in {root}: {how}. Looked for: "
-        f"{_looked_for(data_dir, looked)}",
-        [p for p, _ in looked],
-    )
 
 
 def load_dataset(
@@ -560,8 +435,6 @@ def load_dataset(
                 arrays, source = _load_torchvision(spec, tv_root, train), marker
                 break
     if arrays is None and download:
-        from perturbnn.repro.data.download import download_dataset
-
         tv_root = download_dataset(spec.info.name, root, train=train)
         arrays = _load_torchvision(spec, tv_root, train)
         source = tv_root / spec.torchvision_marker[train]
