@@ -150,6 +150,21 @@ def test_authors_schedule_and_the_independent_one() -> None:
         RunConfig(lr_schedule="seed")
     with pytest.raises(ValueError, match="source must be one of"):
         Experiment("x", "d", "resnet18", "cmd", 0.5, source="mine")
+    with pytest.raises(ValueError, match=r"implicit names options the preset does not set"):
+        Experiment("x", "d", "resnet18", "cmd", 0.5, train={"lr_schedule": "authors"},
+                   implicit=("lr_schedule", "freeze_first"))  # fmt: skip
+
+
+def test_implicit_options_are_the_authors_schedule_and_network_change() -> None:
+    assert EXPERIMENTS["authors-first3"].implicit_options() == {
+        "lr_schedule": "authors",
+        "freeze_first": True,
+    }
+    assert EXPERIMENTS["authors-all-layers"].implicit_options() == {
+        "lr_schedule": "authors",
+        "first_layer_type": "authors",
+    }
+    assert all(not e.implicit for e in EXPERIMENTS.values() if e.source == "independent")
 
 
 @pytest.mark.parametrize("name", [*(name for name, _, _ in SEED), *AUTHORS])
