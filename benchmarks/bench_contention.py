@@ -334,10 +334,14 @@ def own_loop_rows(data_dir: Path) -> list[OwnRow]:
 
 def run_own_phase(phase: str, rows: list[OwnRow], repeats: int, cap: float, sample: float) -> None:
     """As :func:`run_phase`, for the own-loop rows: ``plain`` at :data:`OWN_THREADS` threads,
-    ``shared`` at the count its guard chose last (its hook asks the guard at every step)."""
+    ``shared`` at the count its guard chose last (its hook asks the guard at every step); the
+    two take turns at going first in a row, round by round."""
     for round_ in range(repeats):
+        # The mode that runs first after another row pays for that row's allocations (the
+        # grouped layer's 0.5 GB tensors are fresh pages again): alternate which one it is.
+        modes = OWN_MODES if round_ % 2 == 0 else OWN_MODES[::-1]
         for row in rows:
-            for mode in OWN_MODES:
+            for mode in modes:
                 key = f"{phase}/{mode}"
                 times = row.times.setdefault(key, [])
                 if round_ >= 3 and row.spent.get(key, 0.0) > cap:

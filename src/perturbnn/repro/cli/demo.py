@@ -114,8 +114,8 @@ def overstatement_sentence(study: OrderingOverstatement) -> str:
     )
     if low > 0:
         return (
-            f"The original method overstates the exact accuracy beyond its noise: {measured}, "
-            "as the independent reproduction found at full size (90.53% against 85.91%)."
+            f"The original method overstates the exact accuracy beyond its noise: {measured}. "
+            "The independent reproduction found the same at full size (90.53% against 85.91%)."
         )
     if high < 0:
         return (
