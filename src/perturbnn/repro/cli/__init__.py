@@ -3,7 +3,7 @@
 Three commands:
 
 * ``perturbnn-repro demo [options]`` (also what ``perturbnn-repro`` runs without a command):
-  one short run of a network with perturbation layers, under 3 minutes on 2 quiet CPU cores,
+  one short run of a network with perturbation layers, about 1.5 minutes on 2 quiet CPU cores,
   printing the exact accuracy against the original method's figure and how much that figure
   overstates it over many orders of the same test predictions (:mod:`perturbnn.repro.cli.demo`).
 * ``perturbnn-repro reproduce [options]``: the ten experiments (the independent
@@ -34,7 +34,7 @@ _USAGE = f"""usage: {PROG} [demo] [options]        one short run: exact vs origi
        {PROG} train [options]         one run with Klachko's main.py flags
 
 Without a command, {PROG} runs `demo`: one short CIFAR-10 run of a network with perturbation
-layers (under 3 minutes on 2 quiet CPU cores) printing the exact test accuracy, the original
+layers (about 1.5 minutes on 2 quiet CPU cores) printing the exact test accuracy, the original
 method's figure, and its overstatement over 1,000 orders of the same test predictions. The full
 reproduction is `reproduce` (about 46 minutes on 2 quiet cores at its defaults). The data is looked
 for in --data-dir, else $PERTURBNN_DATA_DIR, else ./data or ../shared/data (the first that

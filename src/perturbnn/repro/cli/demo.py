@@ -1,8 +1,7 @@
 """``perturbnn-repro demo`` (what ``perturbnn-repro`` runs without a command): one short run
 of a network with perturbation layers that shows the independent reproduction's main finding
-on the metric, in under 3 minutes on 2 quiet CPU cores (measured on 2 cores that other
-processes kept busy: 2 min 39 s and 4 min 19 s wall, on one thread, 150 s and 136 s of CPU
-time).
+on the metric, in about 1.5 minutes on 2 quiet CPU cores (90 s measured with 2 threads; 2 min
+39 s and 4 min 19 s wall on 2 cores that other processes kept busy, where it ran one thread).
 
 It trains the independent reproduction's ``pnn-fanout64-shared`` experiment (PNN ResNet-18: a
 3x3 convolution first, then perturbation layers with 64 fixed noise masks shared by all input
@@ -156,7 +155,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         description=f"One short run of one of the independent reproduction's experiments "
         f"(default {DEMO_EXPERIMENT!r}, perturbation layers with 64 noise masks; width "
         f"/{DEMO_WIDTH_DIVISOR}, {DEMO_EPOCHS} epochs, {DEMO_TRAIN} training / {DEMO_TEST} test "
-        "images, CPU; under 3 minutes on 2 quiet cores): the exact test accuracy against the "
+        "images, CPU; about 1.5 minutes on 2 quiet cores): the exact test accuracy against the "
         f"original method's figure, recomputed over {DEMO_ORDERINGS} random orders of the same "
         "test predictions to show its overstatement with its uncertainty.",
     )
@@ -224,7 +223,7 @@ def _header(args: argparse.Namespace, config: RunConfig, mask_values: int) -> st
     return (
         f"demo: the independent reproduction's {args.experiment!r} experiment ({kind}) at width "
         f"{config.nfilters}, {DEMO_EPOCHS} epochs on {DEMO_TRAIN:,} training images, tested "
-        f"every epoch on {DEMO_TEST:,} test images (under 3 minutes on 2 quiet CPU cores)"
+        f"every epoch on {DEMO_TEST:,} test images (about 1.5 minutes on 2 quiet CPU cores)"
     )
 
 
