@@ -106,3 +106,11 @@ def test_readme_python_block_runs_and_prints_what_it_says(
     for comment in expected:
         shown = comment.split(":")[0].strip()  # "torch.Size([8, 10])" or "... : explanation"
         assert any(shown in line for line in printed), (shown, printed)
+
+
+def test_readme_has_no_placeholder_left() -> None:
+    """An ALL_CAPS_NAME outside code (``TEST_TIME``) is a placeholder nobody filled in."""
+    prose = re.sub(r"```.*?```", "", README, flags=re.S)
+    prose = re.sub(r"`[^`]*`", "", prose)
+    left = re.findall(r"(?<![$\w])[A-Z][A-Z0-9]*_[A-Z0-9_]+\b", prose)
+    assert not left, left

@@ -125,7 +125,10 @@ def test_unknown_name_is_one_line_with_valid_names_and_a_guess(
 def test_unknown_command_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["trian"]) == 2
     err = capsys.readouterr().err
-    assert "unknown command 'trian'" in err and len(err.strip().splitlines()) == 1
+    assert "unknown command 'trian'; did you mean 'train'?" in err
+    assert len(err.strip().splitlines()) == 1
+    assert cli_main(["xyz"]) == 2
+    assert "did you mean" not in capsys.readouterr().err  # nothing close: no suggestion
 
 
 # ------------------------------------------------------------------------ help text

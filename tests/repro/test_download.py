@@ -240,6 +240,7 @@ def test_unreachable_server_is_one_line_and_leaves_nothing(
     line = errors[0]
     assert "downloading CIFAR-10 failed: cannot reach the server" in line
     assert url in line and str(data) in line and "on a machine with network" in line
+    assert f"its MD5 is {tvd.CIFAR10.tgz_md5}" in line  # what to check the copy by hand against
     assert _leftovers(data) == []
 
 

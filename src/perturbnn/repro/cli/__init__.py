@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from perturbnn._suggest import did_you_mean
 from perturbnn.repro.cli import demo, reproduce, train
 from perturbnn.repro.cli.output import echo
 
@@ -63,9 +64,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args and args[0] == "demo":
         args = args[1:]
     elif args and not args[0].startswith("-"):
+        hint = did_you_mean(args[0], ("demo", "reproduce", "train"))
         echo(
-            f"{PROG}: error: unknown command {args[0]!r} (valid: demo, reproduce, train; see "
-            "--help)",
+            f"{PROG}: error: unknown command {args[0]!r}{'; ' + hint if hint else ''} (valid: "
+            "demo, reproduce, train; see --help)",
             err=True,
         )
         return 2

@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from perturbnn.repro.data.catalog import _official_files, _Spec, _spec
 from perturbnn.repro.data.errors import DataCorruptError, DataDownloadError
@@ -206,18 +206,37 @@ def _move_into_place(spec: _Spec, temp: Path, dest: Path, train: bool) -> None:
         ) from exc
 
 
+def _archive_md5(spec: _Spec, train: bool) -> Optional[str]:
+    """torchvision's MD5 of the one file to fetch by hand (``None`` for MNIST's four files)."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, spec.torchvision_class, None)
+    if spec.torchvision_class in ("CIFAR10", "CIFAR100", "STL10"):
+        return str(getattr(cls, "tgz_md5", "")) or None
+    if spec.torchvision_class == "SVHN":
+        return str(tvd.SVHN.split_list["train" if train else "test"][2])
+    return None
+
+
 def _failed(spec: _Spec, data_dir: Path, dest: Path, train: bool, reason: str) -> DataDownloadError:
     urls = source_urls(spec.info.name, train=train)
     if spec.torchvision_class in ("MNIST", "FashionMNIST"):
         raw = dest / spec.torchvision_marker[train]
-        how = f"the four .gz files from {urls[0].rsplit('/', 1)[0]}/ and gunzip them into {raw}"
+        how = (
+            f"the four .gz files from {urls[0].rsplit('/', 1)[0]}/, copy them here and gunzip "
+            f"them into {raw}"
+        )
     elif spec.torchvision_class == "SVHN":
-        how = f"{urls[0]} and put it in {dest}"
+        how = f"{urls[0]} and copy it into {dest}"
     else:
-        how = f"{urls[0]} and extract it in {dest} (it holds {spec.torchvision_folder}/)"
+        how = (
+            f"{urls[0]}, copy it here and extract it into {dest} (giving "
+            f"{dest / spec.torchvision_folder}/)"
+        )
+    md5 = _archive_md5(spec, train)
+    check = f"; its MD5 is {md5}" if md5 else " (MD5 checksums: docs/data.md)"
     return DataDownloadError(
         f"downloading {spec.label} failed: {reason}; nothing was kept in {data_dir}. Without "
-        f"network here, download {how} on a machine with network (MD5 checksums: see "
-        "docs/data.md)",
+        f"network here: on a machine with network, download {how}{check}",
         [dest / spec.torchvision_marker[train]],
     )
