@@ -45,6 +45,7 @@ import torch
 from perturbnn.metrics import OrderingOverstatement, overstatement_over_orderings
 from perturbnn.repro.cli.output import (
     Parser,
+    add_data_flags,
     add_threads_flag,
     choice,
     echo,
@@ -159,19 +160,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         f"original method's figure, recomputed over {DEMO_ORDERINGS} random orders of the same "
         "test predictions to show its overstatement with its uncertainty.",
     )
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder holding cifar10/ or cifar-10-batches-py/ (default: $PERTURBNN_DATA_DIR, "
-        "else ./data or ../shared/data, the first that exists; with --download: "
-        "$PERTURBNN_DATA_DIR, else ./data)",
-    )
-    parser.add_argument(
-        "--download",
-        action="store_true",
-        help="download the data set with torchvision into --data-dir if it is not there (CIFAR-10: "
-        "about 170 MB; never again once there; not for ImageFolder)",
-    )
+    add_data_flags(parser, holding="cifar10/ or cifar-10-batches-py/")
     parser.add_argument(
         "--out-dir", default=None, help="write the run's log and checkpoints here (default: none)"
     )

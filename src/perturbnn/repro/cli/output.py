@@ -231,6 +231,36 @@ def add_progress_flag(parser: argparse.ArgumentParser, *, default: Any = True) -
     )
 
 
+def add_data_flags(
+    parser: argparse.ArgumentParser, *, holding: str, suppress_defaults: bool = False
+) -> None:
+    """Add ``--data-dir`` and ``--download``, the same on every command.
+
+    Args:
+        parser: the parser.
+        holding: what the folder holds, for the help (``"cifar10/ or cifar-10-batches-py/"``).
+        suppress_defaults: set them only when typed (``train``'s preset resolution).
+    """
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress_defaults else value
+
+    parser.add_argument(
+        "--data-dir",
+        default=default(None),
+        help=f"folder holding {holding} (default: $PERTURBNN_DATA_DIR, else ./data or "
+        "../shared/data, the first that exists; with --download: $PERTURBNN_DATA_DIR, else "
+        "./data)",
+    )
+    parser.add_argument(
+        "--download",
+        default=default(False),
+        action="store_true",
+        help="download the data set with torchvision into --data-dir if it is not there (CIFAR-10: "
+        "about 170 MB; never again once there; not for ImageFolder)",
+    )
+
+
 def flag_names(
     parser: argparse.ArgumentParser, typed: Optional[Sequence[str]] = None
 ) -> dict[str, str]:

@@ -49,6 +49,7 @@ from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
 from perturbnn.repro.cli.budget import budget_seconds, print_budget, print_costs
 from perturbnn.repro.cli.output import (
     Parser,
+    add_data_flags,
     add_progress_flag,
     add_threads_flag,
     choice,
@@ -162,19 +163,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"shared setting: {', '.join(sorted(SCALES))}",
     )
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder holding cifar10/ or cifar-10-batches-py/ (default: $PERTURBNN_DATA_DIR, "
-        "else ./data or ../shared/data, the first that exists; with --download: "
-        "$PERTURBNN_DATA_DIR, else ./data)",
-    )
-    parser.add_argument(
-        "--download",
-        action="store_true",
-        help="download the data set with torchvision into --data-dir if it is not there (CIFAR-10: "
-        "about 170 MB; never again once there; not for ImageFolder)",
-    )
+    add_data_flags(parser, holding="cifar10/ or cifar-10-batches-py/")
     parser.add_argument("--out-dir", default="runs/reproduce", help="one sub-folder per run")
     parser.add_argument("--report", default="docs/reproduction.md", help="markdown to write")
     parser.add_argument("--img-dir", default="docs/img", help="where the PNG plots go")

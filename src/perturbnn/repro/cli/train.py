@@ -56,6 +56,7 @@ from perturbnn.repro.checkpoint import CheckpointError, load_checkpoint
 from perturbnn.repro.cli.output import (
     Parser,
     add_alias,
+    add_data_flags,
     add_progress_flag,
     add_threads_flag,
     choice,
@@ -250,19 +251,10 @@ def build_parser(*, suppress_defaults: bool = False, prog: str = PROG) -> argpar
         help="log input, noise and output values of every noise layer at every step",
     )
     # This reproduction's own flags.
-    add(
-        "--data-dir",
-        default=None,
-        help="folder holding the data set (cifar10/, mnist/ or torchvision's folders; default: "
-        "$PERTURBNN_DATA_DIR, else ./data or ../shared/data, the first that exists; with "
-        "--download: $PERTURBNN_DATA_DIR, else ./data)",
-    )
-    add(
-        "--download",
-        default=False,
-        action="store_true",
-        help="download the data set with torchvision into --data-dir if it is not there (CIFAR-10: "
-        "about 170 MB; never again once there; not for ImageFolder)",
+    add_data_flags(
+        parser,
+        holding="the data set (cifar10/, mnist/ or torchvision's folders)",
+        suppress_defaults=suppress_defaults,
     )
     add(
         "--train-subset",
