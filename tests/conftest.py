@@ -66,6 +66,21 @@ def shared_data_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def snapshot(model: torch.nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
+    """A module's repr and a copy of its state, to check later that nothing changed it."""
+    return repr(model), {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_identical(model: torch.nn.Module, snap: tuple[str, dict[str, torch.Tensor]]) -> None:
+    """Assert ``model`` still has the repr and state :func:`snapshot` recorded."""
+    text, state = snap
+    assert repr(model) == text
+    now = model.state_dict()
+    assert now.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(now[key], value), key
+
+
 @pytest.fixture(autouse=True)
 def _drop_stdout_log_handler() -> Iterator[None]:
     """Remove the handler ``log_to_stdout`` adds when a test runs a command in this process.

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from conftest import assert_identical, snapshot
 from perturbnn import MixMaps, PerturbConv2d, convert
 
 
@@ -21,19 +22,6 @@ def conv_modules(model):
         for name, m in model.named_modules()
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
     ]
-
-
-def snapshot(model):
-    return repr(model), {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_identical(model, snap):
-    text, state = snap
-    assert repr(model) == text
-    now = model.state_dict()
-    assert now.keys() == state.keys()
-    for key, value in state.items():
-        assert torch.equal(now[key], value), key
 
 
 TORCHVISION = {

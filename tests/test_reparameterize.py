@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import perturbnn
-from conftest import scaled
+from conftest import assert_identical, scaled, snapshot
 from perturbnn import (
     FoldedConv2d,
     MixMaps,
@@ -54,19 +54,6 @@ def assert_equal_outputs(folded: torch.Tensor, reference: torch.Tensor) -> None:
     scale = max(1.0, float(reference.abs().max()))
     error = float((folded - reference).abs().max())
     assert error <= tolerance * scale, (error, tolerance * scale)
-
-
-def snapshot(model):
-    return repr(model), {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_identical(model, snap):
-    text, state = snap
-    assert repr(model) == text
-    now = model.state_dict()
-    assert now.keys() == state.keys()
-    for key, value in state.items():
-        assert torch.equal(now[key], value), key
 
 
 def assert_invariants(original: nn.Module, folded: nn.Module, report) -> None:
