@@ -29,8 +29,9 @@ runs in three thread modes, interleaved sample by sample so that a change of loa
 - ``one``: one thread throughout: how much faster the step is on all threads when quiet, and
   what share of a core one thread gets beside the competitor (the guard's choice when busy).
 
-**Own loop** (``--only own-loop`` runs these alone, in about 6 minutes on 2 quiet cores): a
-user's script of its own, with 2 threads fixed (``torch.set_num_threads(2)``): a
+**Own loop** (``--only own-loop`` runs these alone: about 4 minutes on 2 quiet cores with the
+defaults, 12 with the committed runs' ``--repeats 9 --sample 1.5 --cap 40 --ab-seconds 12``):
+a user's script of its own, with 2 threads fixed (``torch.set_num_threads(2)``): a
 ``PerturbConv2d(128, 128, nmasks=64, input_size=32, level=0.1, unique_masks=False)``
 forward+backward on B=16 for each ``impl``, with and without ReLU (``use_act``), and the
 ``perturb_resnet18`` training step above, each timed ``plain`` (nothing else) and ``shared``
@@ -39,7 +40,12 @@ in the same session), interleaved as above. Each ``shared`` model has its own ha
 each of its samples the count is set to the one its guard chose last (the ``plain`` samples
 between them run at 2), as the process would have it if it ran only that model, and at the
 start of each phase every guard's window restarts and covers a second of that phase before the
-first sample (as in a loop that ran on).
+first sample (as in a loop that ran on). The quiet phase ends with an A/B comparison per row:
+``plain`` and ``shared`` steps alternating one by one for ``--ab-seconds`` (at least
+``--ab-pairs`` pairs), the ratio of their total times with a 95% bootstrap interval (whole
+samples taken one after the other see the machine's speed drift between them; single steps
+taken in turn see it alike). It also times the hook itself (an ``nn.Identity`` called with and
+without :func:`~perturbnn.share_cpu`) and counts the thread changes each handle made per phase.
 
 The table gives medians and the busy/quiet ratios (an even share of 2 cores with one other
 job is 2x). It then times the README's main job (``python -m perturbnn.repro``, the demo: under
@@ -76,7 +82,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -284,6 +290,7 @@ class OwnRow:
     steps: dict[str, Callable[[], None]]
     handle: SharedCPU
     times: dict[str, list[float]] = field(default_factory=dict)  # "quiet/plain" -> seconds
+    first: dict[str, list[float]] = field(default_factory=dict)  # each sample's untimed step
     spent: dict[str, float] = field(default_factory=dict)
 
 
@@ -349,10 +356,68 @@ def run_own_phase(phase: str, rows: list[OwnRow], repeats: int, cap: float, samp
                 guard = row.handle.guard
                 count = guard.threads if mode == "shared" and guard is not None else OWN_THREADS
                 torch.set_num_threads(count)
+                # one step first, timed apart: a loop running on has just run a step of its own,
+                # not another row's (on the 2-core VM the grouped layer's first step after other
+                # rows was 2-4x slower than the next: fresh pages for its 0.5 GB tensors, likely
+                # ones that the VM's free page reporting had handed back to the host meanwhile)
+                began = time.perf_counter()
+                row.steps[mode]()
+                first = time.perf_counter() - began
+                row.first.setdefault(key, []).append(first)
                 per_step, took = time_sample(row.steps[mode], sample)
                 times.append(per_step)
-                row.spent[key] = row.spent.get(key, 0.0) + took
+                row.spent[key] = row.spent.get(key, 0.0) + first + took
     torch.set_num_threads(OWN_THREADS)
+
+
+def quiet_ab(row: OwnRow, seconds: float, min_pairs: int) -> dict[str, Any]:
+    """``plain`` and ``shared`` steps of one row, alternating step by step, quiet: the ratio of
+    their total times (shared / plain) with a 95% bootstrap interval over the pairs.
+
+    Both models compute the same thing at the same thread count when the guard changes nothing,
+    so any difference is the hook's cost plus noise; alternating single steps lets a change of
+    the machine's speed (the other VMs on its host, page faults of the grouped layer's 0.5 GB
+    tensors) hit both alike, which whole samples taken one after the other do not.
+    """
+    torch.set_num_threads(OWN_THREADS)
+    for mode in OWN_MODES:  # a step each first (see run_own_phase)
+        row.steps[mode]()
+    times: dict[str, list[float]] = {mode: [] for mode in OWN_MODES}
+    start = time.perf_counter()
+    while len(times["plain"]) < min_pairs or time.perf_counter() - start < seconds:
+        order = OWN_MODES if len(times["plain"]) % 2 == 0 else OWN_MODES[::-1]
+        for mode in order:
+            began = time.perf_counter()
+            row.steps[mode]()
+            times[mode].append(time.perf_counter() - began)
+    plain = torch.tensor(times["plain"], dtype=torch.float64)
+    shared = torch.tensor(times["shared"], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    picks = torch.randint(len(plain), (2000, len(plain)), generator=gen)
+    boot = (shared[picks].sum(1) / plain[picks].sum(1)).sort().values
+    return {
+        "plain_s": times["plain"],
+        "shared_s": times["shared"],
+        "ratio": float(shared.sum() / plain.sum()),
+        "interval": [float(boot[49]), float(boot[1949])],
+    }
+
+
+def hook_cost(calls: int = 20000, rounds: int = 7) -> float:
+    """Seconds that :func:`perturbnn.share_cpu`'s hook adds to one forward call, quiet: an
+    ``nn.Identity`` called ``calls`` times with and without it, median of ``rounds``."""
+    plain, shared = nn.Identity(), nn.Identity()
+    handle = share_cpu(shared)
+    x = torch.zeros(1)
+    per_call: dict[str, list[float]] = {"plain": [], "shared": []}
+    for _ in range(rounds):
+        for mode, module in (("plain", plain), ("shared", shared)):
+            began = time.perf_counter()
+            for _ in range(calls):
+                module(x)
+            per_call[mode].append((time.perf_counter() - began) / calls)
+    handle.remove()
+    return statistics.median(per_call["shared"]) - statistics.median(per_call["plain"])
 
 
 def own_loop(args: argparse.Namespace) -> dict[str, object]:
@@ -370,7 +435,11 @@ def own_loop(args: argparse.Namespace) -> dict[str, object]:
     print(f"own loop: set-up and first steps {time.perf_counter() - began:.0f} s")
     out: dict[str, object] = {"threads": OWN_THREADS}
     out["quiet_others_cpu"] = check_quiet("before the own-loop quiet phase")
+    out["hook_s"] = hook = hook_cost()
+    print(f"share_cpu's hook: {hook * 1e6:.1f} us per forward call")
     watch = ContentionGuard(OWN_THREADS, interval=0.0)  # only its others() is used
+    ab: dict[str, dict[str, Any]] = {}
+    changes: dict[str, dict[str, int]] = {row.name: {} for row in rows}
     for phase in OWN_PHASES:
         start = time.perf_counter()
         with contextlib.nullcontext() if phase == "quiet" else Competitor():
@@ -379,10 +448,16 @@ def own_loop(args: argparse.Namespace) -> dict[str, object]:
             for row in rows:
                 if row.handle.guard is not None:
                     row.handle.guard.others()
+            before = {row.name: len(row.handle.record["changes"]) for row in rows}
             time.sleep(1.1)
             watch.others()
             run_own_phase(phase, rows, args.repeats, args.cap, args.sample)
+            if phase == "quiet":
+                for row in rows:
+                    ab[row.name] = quiet_ab(row, args.ab_seconds, args.ab_pairs)
             during = watch.others()
+            for row in rows:
+                changes[row.name][phase] = len(row.handle.record["changes"]) - before[row.name]
         out[f"{phase}_phase_others_cpu"] = during
         print(
             f"own loop, {phase} phase: {time.perf_counter() - start:.0f} s; other processes used "
@@ -390,9 +465,10 @@ def own_loop(args: argparse.Namespace) -> dict[str, object]:
         )
     print(
         "\n| own loop, 2 threads | plain: quiet (s) | busy (s) | busy / quiet "
-        "| share_cpu: quiet (s) | busy (s) | busy / quiet | share_cpu / plain, quiet |"
+        "| share_cpu: quiet (s) | busy (s) | busy / quiet | share_cpu / plain, quiet (A/B) "
+        "| thread changes quiet, busy |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     table = []
     for row in rows:
         entry: dict[str, object] = {"step": row.name}
@@ -405,16 +481,23 @@ def own_loop(args: argparse.Namespace) -> dict[str, object]:
                 "quiet_median_s": statistics.median(quiet),
                 "busy_median_s": statistics.median(busy),
                 "slowdown": ratio(busy, quiet),
+                "first_quiet_s": row.first[f"quiet/{mode}"],
+                "first_busy_s": row.first[f"busy/{mode}"],
             }
             cells += [
                 f"{statistics.median(quiet):.4f}",
                 f"{statistics.median(busy):.4f}",
                 f"{ratio(busy, quiet):.1f}x",
             ]
-        vs_plain = ratio(row.times["quiet/shared"], row.times["quiet/plain"])
-        entry["shared_vs_plain_quiet"] = vs_plain
+        entry["shared_vs_plain_quiet"] = ratio(row.times["quiet/shared"], row.times["quiet/plain"])
+        entry["quiet_ab"] = ab[row.name]
+        entry["thread_changes"] = changes[row.name]
         table.append(entry)
-        print(f"| {row.name} | {' | '.join(cells)} | {vs_plain:.2f} |")
+        low, high = ab[row.name]["interval"]
+        print(
+            f"| {row.name} | {' | '.join(cells)} | {ab[row.name]['ratio']:.3f} "
+            f"({low:.3f}-{high:.3f}) | {changes[row.name]['quiet']}, {changes[row.name]['busy']} |"
+        )
     for row in rows:
         row.handle.remove()
     torch.set_num_threads(OWN_THREADS)
@@ -541,11 +624,23 @@ def main() -> None:
         choices=("own-loop",),
         default=None,
         help="run only these rows: own-loop (a script of your own with and without "
-        "perturbnn.share_cpu, quiet and busy; about 6 minutes on 2 cores)",
+        "perturbnn.share_cpu, quiet and busy; about 4 minutes on 2 cores with the defaults)",
+    )
+    parser.add_argument(
+        "--ab-seconds",
+        type=float,
+        default=10.0,
+        help="own loop: seconds per row of plain and share_cpu steps alternating, quiet",
+    )
+    parser.add_argument(
+        "--ab-pairs",
+        type=int,
+        default=12,
+        help="own loop: at least this many alternating pairs per row, quiet",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
-    for name in ("repeats", "cap", "sample", "main_job_limit"):
+    for name in ("repeats", "cap", "sample", "main_job_limit", "ab_seconds", "ab_pairs"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             parser.error(f"--{name.replace('_', '-')} must be a positive number, got {value}")
