@@ -30,7 +30,7 @@ runs in three thread modes, interleaved sample by sample so that a change of loa
   what share of a core one thread gets beside the competitor (the guard's choice when busy).
 
 **Own loop** (``--only own-loop`` runs these alone: about 4 minutes on 2 quiet cores with the
-defaults, 12 with the committed runs' ``--repeats 9 --sample 1.5 --cap 40 --ab-seconds 12``):
+defaults, 17 with the committed runs' ``--repeats 9 --sample 1.5 --cap 40 --ab-seconds 12``):
 a user's script of its own, with 2 threads fixed (``torch.set_num_threads(2)``): a
 ``PerturbConv2d(128, 128, nmasks=64, input_size=32, level=0.1, unique_masks=False)``
 forward+backward on B=16 for each ``impl``, with and without ReLU (``use_act``), and the
@@ -360,9 +360,7 @@ def run_own_phase(phase: str, rows: list[OwnRow], repeats: int, cap: float, samp
                 # not another row's (on the 2-core VM the grouped layer's first step after other
                 # rows was 2-4x slower than the next: fresh pages for its 0.5 GB tensors, likely
                 # ones that the VM's free page reporting had handed back to the host meanwhile)
-                began = time.perf_counter()
-                row.steps[mode]()
-                first = time.perf_counter() - began
+                first, _ = time_sample(row.steps[mode], 0.0)  # exactly one step
                 row.first.setdefault(key, []).append(first)
                 per_step, took = time_sample(row.steps[mode], sample)
                 times.append(per_step)

@@ -310,9 +310,8 @@ def contention_tables(result: dict[str, Any], name: str) -> list[str]:
 
 def own_loop_table(own: Optional[dict[str, Any]]) -> list[str]:
     """The own-loop rows (``bench_contention.py --only own-loop``): a script of one's own at a
-    fixed count, without and with ``perturbnn.share_cpu``, quiet and busy, verdicts computed here.
-    The quiet comparison is the step-by-step A/B (``quiet_ab``) where the run has it, else the
-    ratio of the two modes' quiet medians.
+    fixed count, without and with ``perturbnn.share_cpu``, quiet and busy, verdicts computed here
+    (the quiet one from the step-by-step A/B, ``quiet_ab``).
     """
     if not own:
         return []
@@ -322,26 +321,18 @@ def own_loop_table(own: Optional[dict[str, Any]]) -> list[str]:
         if isinstance(quiet, (int, float)) and isinstance(busy, (int, float))
         else "unknown CPUs"
     )
-    has_ab = all("quiet_ab" in row for row in own["rows"])
     lines = [
         f"A script of your own with {own['threads']} threads fixed (`torch.set_num_threads`), "
         "without and with `perturbnn.share_cpu(model)`; **busy**: the competitor in the same "
         f"session (other processes used {others}, the competitor included). Seconds per step and "
-        "slowdown against quiet"
-        + (
-            "; **A/B**: plain and share_cpu steps alternating one by one, quiet, ratio of their "
-            "total times (95% bootstrap interval); **changes**: thread-count changes share_cpu "
-            "made, quiet and busy:"
-            if has_ab
-            else ":"
-        ),
+        "slowdown against quiet; **A/B**: plain and share_cpu steps alternating one by one, "
+        "quiet, ratio of their total times (95% bootstrap interval); **changes**: thread-count "
+        "changes share_cpu made, quiet and busy:",
         "",
         "| own loop | plain: quiet | busy | share_cpu: quiet | busy "
-        f"| share_cpu busy <= {MAX_SLOWDOWN:g}x | share_cpu / plain, quiet"
-        + (" (A/B)" if has_ab else "")
-        + f" | within {OWN_QUIET_TOLERANCE:.0%} |"
-        + (" changes |" if has_ab else ""),
-        "|---|---:|---:|---:|---:|---|---:|---|" + ("---|" if has_ab else ""),
+        f"| share_cpu busy <= {MAX_SLOWDOWN:g}x | share_cpu / plain, quiet (A/B) "
+        f"| within {OWN_QUIET_TOLERANCE:.0%} | changes |",
+        "|---|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for row in own["rows"]:
         plain, shared = row["plain"], row["shared"]
@@ -350,30 +341,21 @@ def own_loop_table(own: Optional[dict[str, Any]]) -> list[str]:
             quiet = mode["quiet_median_s"]
             cells += [_seconds(quiet), _slowdown(mode["busy_median_s"], quiet)]
         busy_ok = "yes" if shared["slowdown"] <= MAX_SLOWDOWN else "**no**"
-        if has_ab:
-            ab = row["quiet_ab"]
-            vs_plain = ab["ratio"]
-            low, high = ab["interval"]
-            shown = f"{vs_plain:.3f} ({low:.2f}-{high:.2f})"
-        else:
-            vs_plain = shared["quiet_median_s"] / plain["quiet_median_s"]
-            shown = f"{vs_plain:.2f}"
-        quiet_ok = "yes" if abs(vs_plain - 1) <= OWN_QUIET_TOLERANCE else "**no**"
-        line = f"| {row['step']} | {' | '.join(cells)} | {busy_ok} | {shown} | {quiet_ok} |"
-        if has_ab:
-            changes = row["thread_changes"]
-            line += f" {changes['quiet']}, {changes['busy']} |"
-        lines.append(line)
+        ab, changes = row["quiet_ab"], row["thread_changes"]
+        low, high = ab["interval"]
+        quiet_ok = "yes" if abs(ab["ratio"] - 1) <= OWN_QUIET_TOLERANCE else "**no**"
+        lines.append(
+            f"| {row['step']} | {' | '.join(cells)} | {busy_ok} | {ab['ratio']:.3f} "
+            f"({low:.2f}-{high:.2f}) | {quiet_ok} | {changes['quiet']}, {changes['busy']} |"
+        )
     lines.append("")
-    hook = own.get("hook_s")
-    if isinstance(hook, (int, float)):
-        fastest = min(row["plain"]["quiet_median_s"] for row in own["rows"])
-        lines += [
-            f"share_cpu's hook costs {hook * 1e6:.1f} µs per forward call, quiet (an "
-            "`nn.Identity` called with and without it): "
-            f"{hook / fastest:.2%} of the fastest row's step.",
-            "",
-        ]
+    fastest = min(row["plain"]["quiet_median_s"] for row in own["rows"])
+    lines += [
+        f"share_cpu's hook costs {own['hook_s'] * 1e6:.1f} µs per forward call, quiet (an "
+        f"`nn.Identity` called with and without it): {own['hook_s'] / fastest:.2%} of the "
+        "fastest row's step.",
+        "",
+    ]
     return lines
 
 
